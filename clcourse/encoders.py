@@ -1,0 +1,190 @@
+"""Encoders and heads.
+
+An *encoder* maps images [B, C, H, W] to representations [B, out_dim]; it is
+what we evaluate and reuse downstream.  A *projection head* maps
+representations to the space where the contrastive loss is computed; it is
+dropped after pre-training because the layer before it keeps more information
+([1], section 4.2).  A *prediction head* sits on top of the projection in
+methods such as NNCLR and BYOL.
+
+[1] Chen et al., A Simple Framework for Contrastive Learning of Visual
+    Representations (SimCLR), ICML 2020.
+[2] He et al., Deep Residual Learning for Image Recognition, CVPR 2016.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+import torchvision
+
+
+def _check_images(x: torch.Tensor, in_channels: int) -> None:
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"expected images [B, {in_channels}, H, W], got shape {list(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point image tensor, got dtype {x.dtype}")
+
+
+class SmallCNN(nn.Module):
+    """A small convolutional encoder for 16-32 px images (the quick profile's workhorse).
+
+    Three conv-BN-ReLU blocks (the last two downsample by 2), then global
+    average pooling and a linear layer.
+
+    Args:
+        in_channels: 1 (digits) or 3 (colour images).
+        width: channels of the first block; later blocks use 2x and 4x.
+        out_dim: size of the representation.
+
+    Shapes: [B, in_channels, H, W] -> [B, out_dim].
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int = 128):
+        super().__init__()
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        self.in_channels = in_channels
+        self.out_dim = out_dim
+
+        def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            )
+
+        self.features = nn.Sequential(
+            block(in_channels, width, 1),
+            block(width, 2 * width, 2),
+            block(2 * width, 4 * width, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(4 * width, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_images(x, self.in_channels)
+        return self.fc(self.features(x))
+
+
+class ResNet18Cifar(nn.Module):
+    """ResNet-18 [2] with the CIFAR stem used by SimCLR on 32 px images [1] (appendix B.9).
+
+    torchvision's ResNet-18 with conv1 replaced by a 3x3 stride-1 convolution,
+    the max-pool removed and the classifier dropped.
+
+    Shapes: [B, in_channels, H, W] -> [B, 512].
+    """
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None)
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+        self.in_channels = in_channels
+        self.out_dim = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_images(x, self.in_channels)
+        return self.net(x)
+
+
+def resnet18_cifar(in_channels: int = 3) -> ResNet18Cifar:
+    """Build a ResNet-18 with the CIFAR stem; see :class:`ResNet18Cifar`."""
+    return ResNet18Cifar(in_channels)
+
+
+class MLP(nn.Module):
+    """A multilayer perceptron on flat vectors (or images, flattened).
+
+    Args:
+        in_dim: input size (for images: C*H*W).
+        hidden_dims: sizes of the hidden layers (Linear-BN-ReLU each).
+        out_dim: output size.
+
+    Shapes: [B, in_dim] or [B, C, H, W] with C*H*W == in_dim -> [B, out_dim].
+    """
+
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int] = (256,), out_dim: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for h in hidden_dims:
+            layers += [nn.Linear(prev, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            prev = h
+        layers.append(nn.Linear(prev, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.shape[1] != self.in_dim:
+            raise ValueError(f"expected inputs with {self.in_dim} features, got {x.shape[1]}")
+        return self.net(x)
+
+
+class ProjectionHead(nn.Module):
+    """The nonlinear projection head g(.) of SimCLR [1]: (Linear-BN-ReLU) x (L-1), then Linear.
+
+    ``num_layers=1`` gives a linear head and ``num_layers=0`` the identity
+    (the three heads compared in [1], figure 8).
+
+    Args:
+        in_dim: encoder output size.
+        hidden_dim: width of the hidden layers (default: ``in_dim``).
+        out_dim: size of the space the loss sees.
+        num_layers: number of Linear layers.
+        batch_norm: put BatchNorm after each hidden Linear.
+
+    Shapes: [B, in_dim] -> [B, out_dim] (``in_dim`` when ``num_layers=0``).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int | None = None,
+        out_dim: int = 128,
+        num_layers: int = 2,
+        batch_norm: bool = True,
+    ):
+        super().__init__()
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        hidden_dim = hidden_dim or in_dim
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(prev, hidden_dim, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.ReLU(inplace=True))
+            prev = hidden_dim
+        if num_layers >= 1:
+            layers.append(nn.Linear(prev, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim if num_layers >= 1 else in_dim
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.ndim != 2:
+            raise ValueError(f"expected representations [B, D], got shape {list(h.shape)}")
+        return self.net(h)
+
+
+class PredictionHead(ProjectionHead):
+    """The predictor q(.) of NNCLR / BYOL: a 2-layer MLP from the projection space to itself.
+
+    Shapes: [B, dim] -> [B, dim].
+
+    [3] Dwibedi et al., With a Little Help from My Friends (NNCLR), ICCV 2021.
+    """
+
+    def __init__(self, dim: int = 128, hidden_dim: int = 512):
+        super().__init__(dim, hidden_dim=hidden_dim, out_dim=dim, num_layers=2)

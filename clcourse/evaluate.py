@@ -1,0 +1,256 @@
+"""Evaluating representations: linear probe, kNN, alignment/uniformity, effective rank.
+
+Self-supervised encoders are judged by how easily a simple classifier reads
+the labels off their frozen features: a linear probe (logistic regression,
+[1]) and a weighted k-nearest-neighbour vote (cosine similarity, [2]).
+Alignment and uniformity [3] describe the geometry the contrastive loss
+shapes; the effective rank [4] detects collapse (all features in a few
+directions).
+
+[1] Chen et al., SimCLR, ICML 2020 (linear evaluation protocol).
+[2] Wu et al., Unsupervised Feature Learning via Non-Parametric Instance
+    Discrimination, CVPR 2018 (weighted kNN).
+[3] Wang & Isola, Understanding Contrastive Representation Learning through
+    Alignment and Uniformity on the Hypersphere, ICML 2020.
+[4] Roy & Vetterli, The effective rank: a measure of effective dimensionality,
+    EUSIPCO 2007.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clcourse.losses import alignment, uniformity
+
+
+def _as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or array, got {type(x).__name__}")
+    return x
+
+
+def _check_xy(x, y, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _as_tensor(x, f"{name}_x"), _as_tensor(y, f"{name}_y")
+    if x.ndim != 2:
+        raise ValueError(f"{name} features must be [N, D], got shape {list(x.shape)}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{name} labels must be [N] with N = {x.shape[0]}, got shape {list(y.shape)}")
+    return x.float(), y.long()
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module, data, batch_size: int = 512, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode a dataset with a frozen encoder (eval mode, no gradients).
+
+    Args:
+        encoder: maps [B, C, H, W] to [B, D].
+        data: an image tensor [N, C, H, W]; a pair ``(images, labels)``; or any
+            dataset whose items are ``(image, label)`` (e.g. :class:`~clcourse.data.ImageData`).
+        batch_size: images per forward pass.
+        device: default: the encoder's device.
+
+    Returns:
+        features [N, D] float32 on the CPU, and labels [N] (``None`` for a bare tensor).
+    """
+    if device is None:
+        param = next(encoder.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    images = getattr(data, "images", None)
+    labels = getattr(data, "labels", None)
+    if isinstance(data, torch.Tensor):
+        images, labels = data, None
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        images, labels = data
+    was_training = encoder.training
+    encoder.eval()
+    feats = []
+    try:
+        if images is not None:
+            for i in range(0, len(images), batch_size):
+                feats.append(encoder(images[i : i + batch_size].to(device)).float().cpu())
+        else:
+            ys = []
+            loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+            for x, y in loader:
+                feats.append(encoder(x.to(device)).float().cpu())
+                ys.append(torch.as_tensor(y))
+            labels = torch.cat(ys)
+    finally:
+        encoder.train(was_training)
+    return torch.cat(feats), labels
+
+
+def sample_labelled(
+    labels: torch.Tensor | np.ndarray,
+    *,
+    fraction: float | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """Indices of a stratified labelled subset: a fraction of each class, or n per class.
+
+    Every class keeps at least one example, so "1% of the labels" of a small
+    dataset still sees every class (as in the semi-supervised protocol of [1]).
+
+    Returns:
+        sorted int64 indices into ``labels``.
+    """
+    if (fraction is None) == (per_class is None):
+        raise ValueError("give exactly one of fraction or per_class")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n = per_class if per_class is not None else max(1, round(fraction * len(idx)))
+        chosen.append(rng.choice(idx, size=min(n, len(idx)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+@dataclass
+class ProbeResult:
+    """Accuracy of a probe over several label draws.
+
+    Attributes:
+        mean, std: test accuracy in [0, 1] over the draws.
+        accuracies: one per seed.
+        n_labels: labelled training examples per draw.
+    """
+
+    mean: float
+    std: float
+    accuracies: list[float]
+    n_labels: int
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}% ({self.n_labels} labels, {len(self.accuracies)} draws)"
+
+
+def linear_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    *,
+    label_fraction: float | None = None,
+    labels_per_class: int | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    C: float = 1.0,
+    max_iter: int = 2000,
+) -> ProbeResult:
+    """Linear evaluation: logistic regression on frozen, standardised features [1].
+
+    Args:
+        train_x [N, D], train_y [N]: features and labels to fit on.
+        test_x [M, D], test_y [M]: held-out features and labels.
+        label_fraction: use this stratified fraction of the training labels
+            (e.g. 0.01, 0.1), or ``labels_per_class``; neither = all labels
+            (then one draw suffices and ``seeds`` is ignored).
+        seeds: one label draw per seed; the result averages them, because with
+            few labels the draw matters (several points at 1%).
+        C: inverse L2 regularisation strength of scikit-learn's LogisticRegression.
+
+    Returns:
+        a :class:`ProbeResult`.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    train_x, train_y = _check_xy(train_x, train_y, "train")
+    test_x, test_y = _check_xy(test_x, test_y, "test")
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"train and test features differ in size: {train_x.shape[1]} vs {test_x.shape[1]}")
+    xtr, ytr = train_x.numpy(), train_y.numpy()
+    xte, yte = test_x.numpy(), test_y.numpy()
+    subsample = label_fraction is not None or labels_per_class is not None
+    accs, n_labels = [], len(ytr)
+    for seed in seeds if subsample else seeds[:1]:
+        idx = (
+            sample_labelled(ytr, fraction=label_fraction, per_class=labels_per_class, seed=seed)
+            if subsample
+            else np.arange(len(ytr))
+        )
+        scaler = StandardScaler().fit(xtr[idx])
+        clf = LogisticRegression(C=C, max_iter=max_iter)
+        clf.fit(scaler.transform(xtr[idx]), ytr[idx])
+        accs.append(float((clf.predict(scaler.transform(xte)) == yte).mean()))
+        n_labels = len(idx)
+    return ProbeResult(float(np.mean(accs)), float(np.std(accs)), accs, n_labels)
+
+
+@torch.no_grad()
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, temperature: float = 0.07) -> float:
+    """Weighted kNN accuracy with cosine similarity [2].
+
+    Each test point takes its ``k`` most similar training points; each votes
+    for its label with weight ``exp(sim / temperature)``.
+
+    Args:
+        train_x [N, D], train_y [N], test_x [M, D], test_y [M].
+
+    Returns:
+        accuracy in [0, 1].
+    """
+    train_x, train_y = _check_xy(train_x, train_y, "train")
+    test_x, test_y = _check_xy(test_x, test_y, "test")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    k = min(k, len(train_x))
+    train_n, test_n = F.normalize(train_x, dim=1), F.normalize(test_x, dim=1)
+    n_classes = int(max(train_y.max(), test_y.max())) + 1
+    correct = 0
+    for i in range(0, len(test_n), 1024):  # bounds the [chunk, N] similarity matrix
+        sim, idx = (test_n[i : i + 1024] @ train_n.T).topk(k, dim=1)
+        votes = torch.zeros(len(sim), n_classes).scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        correct += (votes.argmax(1) == test_y[i : i + 1024]).sum().item()
+    return correct / len(test_n)
+
+
+@torch.no_grad()
+def alignment_uniformity(z1: torch.Tensor, z2: torch.Tensor) -> dict[str, float]:
+    """Alignment of positive pairs and uniformity of all embeddings [3].
+
+    Args:
+        z1, z2: [N, D] embeddings of two views of the same N images (normalised inside).
+
+    Returns:
+        ``{"alignment": E||f(x)-f(y)||^2, "uniformity": log E exp(-2||f(x)-f(y)||^2)}``;
+        lower is better for both.  Uniformity is the mean over the two views.
+    """
+    return {
+        "alignment": float(alignment(z1, z2)),
+        "uniformity": float((uniformity(z1) + uniformity(z2)) / 2),
+    }
+
+
+@torch.no_grad()
+def effective_rank(features: torch.Tensor) -> float:
+    """Effective rank [4]: exp of the entropy of the normalised singular values of centred features.
+
+    Ranges from 1 (everything on a line: collapse) to min(N, D) (all directions
+    used equally).  Args: features [N, D].
+    """
+    features = _as_tensor(features, "features")
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"features must be [N, D] with N >= 2, got shape {list(features.shape)}")
+    x = features.double()
+    s = torch.linalg.svdvals(x - x.mean(0))
+    if s.sum() == 0:
+        return 1.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

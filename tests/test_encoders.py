@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from clcourse.encoders import MLP, PredictionHead, ProjectionHead, SmallCNN, resnet18_cifar
+
+
+@pytest.mark.parametrize("channels, size", [(1, 16), (3, 32)])
+def test_small_cnn_shapes(channels, size):
+    enc = SmallCNN(channels, width=8, out_dim=24)
+    out = enc(torch.rand(5, channels, size, size))
+    assert out.shape == (5, 24) and enc.out_dim == 24
+
+
+def test_small_cnn_rejects_wrong_channels():
+    with pytest.raises(ValueError, match=r"expected images \[B, 1, H, W\]"):
+        SmallCNN(1)(torch.rand(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="floating-point"):
+        SmallCNN(1)(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
+
+
+def test_resnet18_cifar_stem():
+    enc = resnet18_cifar()
+    assert enc.net.conv1.kernel_size == (3, 3) and enc.net.conv1.stride == (1, 1)
+    assert isinstance(enc.net.maxpool, torch.nn.Identity)
+    assert enc(torch.rand(2, 3, 32, 32)).shape == (2, 512) and enc.out_dim == 512
+
+
+def test_mlp_flattens_images():
+    mlp = MLP(64, (32,), 10)
+    assert mlp(torch.rand(4, 1, 8, 8)).shape == (4, 10)
+    with pytest.raises(ValueError, match="64 features"):
+        mlp(torch.rand(4, 65))
+
+
+@pytest.mark.parametrize("layers, n_linear, out", [(0, 0, 16), (1, 1, 8), (2, 2, 8), (3, 3, 8)])
+def test_projection_head_depths(layers, n_linear, out):
+    head = ProjectionHead(16, hidden_dim=32, out_dim=8, num_layers=layers)
+    assert sum(isinstance(m, torch.nn.Linear) for m in head.modules()) == n_linear
+    assert head(torch.rand(4, 16)).shape == (4, out) and head.out_dim == out
+
+
+def test_projection_head_ends_without_activation():
+    head = ProjectionHead(16, out_dim=8)
+    assert isinstance(head.net[-1], torch.nn.Linear)
+    # a nonlinear head maps -h to something other than -g(h) (up to bias), a linear one does not
+    h = torch.randn(6, 16)
+    head.eval()
+    bias = head.net[-1].bias
+    assert not torch.allclose(head(-h) - bias, -(head(h) - bias), atol=1e-4)
+
+
+def test_prediction_head_keeps_dimension():
+    assert PredictionHead(8, 16)(torch.rand(3, 8)).shape == (3, 8)

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from clcourse.evaluate import (
+    alignment_uniformity,
+    effective_rank,
+    extract_features,
+    knn_accuracy,
+    linear_probe,
+    sample_labelled,
+)
+
+
+def blobs(n_per_class=30, n_classes=4, dim=8, spread=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_classes, dim, generator=g) * 3
+    y = torch.arange(n_classes).repeat_interleave(n_per_class)
+    x = centres[y] + spread * torch.randn(len(y), dim, generator=g)
+    return x, y
+
+
+def test_sample_labelled_is_stratified_and_keeps_every_class():
+    y = np.repeat(np.arange(10), 50)
+    idx = sample_labelled(y, fraction=0.01, seed=0)
+    assert sorted(y[idx]) == list(range(10))  # 1% of 50 rounds to 0: each class keeps one
+    idx10 = sample_labelled(y, fraction=0.1, seed=1)
+    assert np.bincount(y[idx10]).tolist() == [5] * 10
+    assert len(sample_labelled(y, per_class=3)) == 30
+    assert not np.array_equal(sample_labelled(y, per_class=3, seed=0), sample_labelled(y, per_class=3, seed=1))
+    with pytest.raises(ValueError, match="exactly one"):
+        sample_labelled(y)
+
+
+def test_linear_probe_separable_blobs():
+    x, y = blobs()
+    res = linear_probe(x, y, x, y, labels_per_class=2, seeds=(0, 1))
+    assert res.mean == 1.0 and res.n_labels == 8 and len(res.accuracies) == 2
+
+
+def test_linear_probe_chance_on_noise():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 8, generator=g), torch.randint(0, 4, (400,), generator=g)
+    res = linear_probe(x[:200], y[:200], x[200:], y[200:])
+    assert res.mean < 0.45
+
+
+def test_linear_probe_rejects_mismatch():
+    x, y = blobs()
+    with pytest.raises(ValueError, match=r"labels must be \[N\]"):
+        linear_probe(x, y[:-1], x, y)
+
+
+def test_knn_accuracy():
+    x, y = blobs()
+    assert knn_accuracy(x, y, x, y, k=5) == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        knn_accuracy(x, y, x, y, temperature=0)
+
+
+def test_knn_majority_weighting():
+    train = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    assert knn_accuracy(train, labels, torch.tensor([[1.0, 0.05]]), torch.tensor([0]), k=3) == 1.0
+
+
+def test_extract_features_from_tensor_pair_and_dataset():
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    images, labels = torch.rand(10, 1, 2, 2), torch.arange(10)
+    f, y = extract_features(enc, (images, labels), batch_size=3)
+    assert f.shape == (10, 3) and torch.equal(y, labels)
+    f2, y2 = extract_features(enc, torch.utils.data.TensorDataset(images, labels), batch_size=4)
+    assert torch.allclose(f, f2) and torch.equal(y2, labels)
+    f3, none = extract_features(enc, images)
+    assert none is None and torch.allclose(f3, f)
+
+
+def test_extract_features_restores_training_mode():
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    enc.train()
+    extract_features(enc, torch.rand(2, 1, 2, 2))
+    assert enc.training
+
+
+def test_alignment_uniformity_identical_views():
+    z = torch.randn(50, 4)
+    au = alignment_uniformity(z, z)
+    assert au["alignment"] == pytest.approx(0.0, abs=1e-6)
+    assert au["uniformity"] < 0
+
+
+def test_effective_rank_detects_collapse():
+    g = torch.Generator().manual_seed(0)
+    assert effective_rank(torch.randn(500, 8, generator=g)) > 7.5
+    line = torch.randn(500, 1, generator=g) * torch.ones(1, 8)
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)
+    assert effective_rank(torch.ones(10, 4)) == 1.0
+    with pytest.raises(ValueError, match="N >= 2"):
+        effective_rank(torch.randn(1, 4))

@@ -1,0 +1,133 @@
+import pytest
+import torch
+from torch import nn
+
+from clcourse.train import History, fit, load_checkpoint, lr_at, save_checkpoint
+
+
+class SeededLoader:
+    """A tiny loader whose epoch e is a pure function of (seed, e), like ViewLoader."""
+
+    def __init__(self, n=64, batch=16, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = self.x @ torch.randn(4, 1, generator=g)
+        self.batch, self.seed, self.epoch = batch, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.x) // self.batch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = torch.randperm(len(self.x), generator=g)
+        for i in range(len(self)):
+            idx = order[i * self.batch : (i + 1) * self.batch]
+            yield [self.x[idx]], self.y[idx]
+
+
+class Regression(nn.Module):
+    """A method whose step uses the global RNG (dropout), so resume must restore it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.2), nn.Linear(16, 1))
+        self.steps_ended = 0
+
+    def training_step(self, batch):
+        (x,), y = batch
+        return ((self.net(x) - y) ** 2).mean()
+
+    def on_step_end(self):
+        self.steps_ended += 1
+
+
+def run(epochs, ckpt=None, resume=False):
+    torch.manual_seed(0)
+    model = Regression()
+    hist = fit(model, SeededLoader(), epochs=epochs, lr=1e-2, device="cpu",
+               checkpoint_dir=ckpt, resume=resume, progress=False)
+    return model, hist
+
+
+def test_fit_learns_and_records_history():
+    model, hist = run(5)
+    assert hist.epochs == 5 and hist.steps == 20 and model.steps_ended == 20
+    assert hist.epoch_loss[-1] < hist.epoch_loss[0]
+    assert len(hist.images_per_second) == 5
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    full, full_hist = run(4)
+    run(2, ckpt=tmp_path)  # "interrupted" after two epochs
+    torch.manual_seed(123)  # a different global state must not matter after resume
+    resumed_model = Regression()
+    resumed_hist = fit(resumed_model, SeededLoader(), epochs=4, lr=1e-2, device="cpu",
+                       checkpoint_dir=tmp_path, resume=True, progress=False)
+    for a, b in zip(full.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert resumed_hist.step_loss == full_hist.step_loss
+
+
+def test_checkpoint_per_epoch_and_safe_load(tmp_path):
+    torch.manual_seed(0)
+    fit(Regression(), SeededLoader(), epochs=2, device="cpu", checkpoint_dir=tmp_path,
+        keep_epoch_checkpoints=True, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["epoch_0001.pt", "epoch_0002.pt", "last.pt"]
+    state = load_checkpoint(tmp_path / "epoch_0001.pt")
+    assert state["epoch"] == 1 and state["step"] == 4
+    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporary file
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "last.pt", {"x": torch.ones(1)})
+
+    def broken_save(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "last.pt", {"x": torch.zeros(1)})
+    assert torch.equal(load_checkpoint(tmp_path / "last.pt")["x"], torch.ones(1))
+
+
+def test_step_and_seconds_budgets():
+    torch.manual_seed(0)
+    assert fit(Regression(), SeededLoader(), steps=7, device="cpu", progress=False).steps == 7
+    hist = fit(Regression(), SeededLoader(), seconds=0.3, device="cpu", progress=False)
+    assert hist.step_time[-1] >= 0.3 and hist.steps >= 1
+
+
+def test_budget_errors():
+    with pytest.raises(ValueError, match="exactly one budget"):
+        fit(Regression(), SeededLoader(), epochs=1, steps=2, progress=False)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        fit(Regression(), SeededLoader(), progress=False)
+    with pytest.raises(ValueError, match="> 0"):
+        fit(Regression(), SeededLoader(), seconds=0, progress=False)
+    with pytest.raises(ValueError, match="no batches"):
+        fit(Regression(), SeededLoader(n=8, batch=16), epochs=1, device="cpu", progress=False)
+
+
+def test_divergence_is_reported():
+    class Diverging(Regression):
+        def training_step(self, batch):
+            return super().training_step(batch) * float("nan")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        fit(Diverging(), SeededLoader(), steps=2, device="cpu", progress=False)
+
+
+def test_cosine_schedule_with_warmup():
+    assert lr_at(0.05, 1.0, "cosine", 0.1) == pytest.approx(0.5, rel=1e-6)
+    assert lr_at(0.1, 1.0, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_at(1.0, 1.0, "cosine", 0.1) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(0.7, 2.0, "constant", 0.0) == 2.0
+
+
+def test_history_round_trip():
+    h = History(step_loss=[1.0], step_lr=[0.1], step_time=[0.5], epoch_loss=[1.0], images_per_second=[10.0])
+    assert History.from_dict(h.as_dict()) == h
