@@ -1,0 +1,49 @@
+"""Datasets and view wrappers: everything that feeds images to a contrastive method.
+
+- `load_digits`: scikit-learn's 8x8 handwritten digits, offline, upsampled.
+- `make_shapes`: procedural shapes whose nuisance factors are all labelled.
+- `cifar10`, `stl10`: torchvision datasets with a clear error when missing.
+- `TwoViews`, `MultiCrop`, `collate_views`: per-sample views for a DataLoader.
+- `ViewLoader`: batched, on-device views of an in-memory `ImageData`.
+"""
+
+from clcourse.data.digits import load_digits
+from clcourse.data.image_data import ImageData
+from clcourse.data.shapes import (
+    COLOR_NAMES,
+    COLOR_VALUES,
+    FACTOR_NAMES,
+    SHAPE_NAMES,
+    TEXTURE_NAMES,
+    make_shapes,
+)
+from clcourse.data.torchvision_sets import (
+    DEFAULT_ROOT,
+    DatasetNotFoundError,
+    as_image_data,
+    cifar10,
+    default_root,
+    stl10,
+)
+from clcourse.data.views import MultiCrop, TwoViews, ViewLoader, collate_views
+
+__all__ = [
+    "COLOR_NAMES",
+    "COLOR_VALUES",
+    "DEFAULT_ROOT",
+    "DatasetNotFoundError",
+    "FACTOR_NAMES",
+    "ImageData",
+    "MultiCrop",
+    "SHAPE_NAMES",
+    "TEXTURE_NAMES",
+    "TwoViews",
+    "ViewLoader",
+    "as_image_data",
+    "cifar10",
+    "collate_views",
+    "default_root",
+    "load_digits",
+    "make_shapes",
+    "stl10",
+]
