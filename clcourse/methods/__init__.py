@@ -1,5 +1,7 @@
 """Contrastive learning frameworks, one module each (see COURSE.md)."""
 
+from clcourse.methods.moco import MoCo
 from clcourse.methods.simclr import SimCLR
+from clcourse.methods.supcon import SupCon, unlabelled_as_own_class
 
-__all__ = ["SimCLR"]
+__all__ = ["MoCo", "SimCLR", "SupCon", "unlabelled_as_own_class"]

@@ -1,0 +1,137 @@
+"""The task registry and ``check()``, the one call an exercise notebook makes.
+
+Each lesson module registers its checkers with :func:`task`.  A checker takes
+the learner's answer and either returns (pass) or raises
+:class:`~clcourse.grading.harness.Failure` / ``NotAttempted``; ``check`` turns
+that into a :class:`~clcourse.grading.feedback.CheckResult`, shows it and logs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from clcourse.grading.feedback import FAILED, NOT_ATTEMPTED, PASSED, CheckResult, log_result, show
+from clcourse.grading.harness import Failure, NotAttempted
+
+
+@dataclass(frozen=True)
+class Task:
+    """A graded exercise task.
+
+    Attributes:
+        id: ``"NN.name"``, NN the lesson number.
+        description: one line: what the learner writes.
+        points: what the task is worth.
+    """
+
+    id: str
+    description: str
+    points: int
+    checker: Callable[[Any], None] = field(repr=False, compare=False)
+
+    @property
+    def lesson(self) -> str:
+        """The lesson number, e.g. ``"03"``."""
+        return self.id.split(".", 1)[0]
+
+    def __str__(self) -> str:
+        return f"{self.id:<24} lesson {self.lesson}  {self.points} pt  {self.description}"
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def task(task_id: str, description: str, points: int = 1) -> Callable:
+    """Decorator registering a checker function as task ``task_id``."""
+
+    def register(checker: Callable[[Any], None]) -> Callable[[Any], None]:
+        if task_id in _TASKS:
+            raise ValueError(f"task {task_id!r} is registered twice")
+        _TASKS[task_id] = Task(task_id, description, points, checker)
+        return checker
+
+    return register
+
+
+def tasks(lesson: str | int | None = None) -> list[Task]:
+    """Every task (or one lesson's, e.g. ``tasks(3)``), in the order the exercises ask them.
+
+    Print one to read its id, lesson, points and description.
+    """
+    wanted = None if lesson is None else f"{int(lesson):02d}"
+    return [t for t in _TASKS.values() if wanted in (None, t.lesson)]
+
+
+def get_task(task_id: str) -> Task:
+    """The task registered as ``task_id``; ``KeyError`` listing the known ids otherwise."""
+    try:
+        return _TASKS[task_id]
+    except KeyError:
+        known = ", ".join(sorted(_TASKS))
+        raise KeyError(f"unknown task {task_id!r}; known tasks: {known}") from None
+
+
+def evaluate(task_id: str, answer: Any) -> CheckResult:
+    """Grade ``answer`` for ``task_id`` without displaying or logging (see :func:`check`)."""
+    try:
+        t = get_task(task_id)
+    except KeyError as exc:
+        return CheckResult(str(task_id), FAILED, 0, 0, problem=exc.args[0],
+                           hint="Copy the task id from the exercise's check cell.")
+    try:
+        with _isolated():
+            t.checker(answer)
+    except NotAttempted:
+        return CheckResult(t.id, NOT_ATTEMPTED, 0, t.points,
+                           problem="not attempted yet: the function still raises NotImplementedError",
+                           hint="Replace the `raise NotImplementedError(...)` line with your code.")
+    except Failure as f:
+        return CheckResult(t.id, FAILED, 0, t.points, case=f.case, expected=f.expected,
+                           received=f.received, problem=f.problem, hint=f.hint)
+    except Exception as exc:  # a checker bug must not crash the learner's notebook
+        return CheckResult(t.id, FAILED, 0, t.points,
+                           problem=f"the checker itself failed ({type(exc).__name__}: {exc})",
+                           hint="This is a bug in clcourse, not in your answer: please report it.")
+    return CheckResult(t.id, PASSED, t.points, t.points)
+
+
+@contextmanager
+def _isolated() -> Iterator[None]:
+    """Run a checker without touching the learner's session: global RNG state and thread count."""
+    before = torch.get_num_threads()
+    # Check inputs are tiny: extra threads only add synchronisation, which makes a check
+    # about ten times slower on a busy laptop.
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check(task_id: str, answer: Any) -> CheckResult:
+    """Check ``answer`` for task ``task_id`` and show the feedback at once.
+
+    The answer is compared with the reference on random and edge-case inputs.
+    On failure the feedback names the input, the expected and received values
+    and, when the answer matches a typical mistake, a hint naming it.  An
+    answer that still raises ``NotImplementedError`` is "not attempted yet";
+    any other exception is reported, never raised.
+
+    Args:
+        task_id: e.g. ``"03.nt_xent"`` (see :func:`tasks`).
+        answer: usually the function the exercise asks for.
+
+    Returns:
+        the :class:`CheckResult` (``.passed``, ``.message``); in Jupyter it is
+        displayed as a coloured box, elsewhere printed.
+    """
+    result = evaluate(task_id, answer)
+    log_result(result)
+    show(result)
+    return result

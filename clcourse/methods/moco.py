@@ -1,0 +1,215 @@
+"""MoCo v2: contrast each query against its key and a large queue of past keys.
+
+A *query* q = g_q(f_q(x_q)) comes from the encoder trained by backprop; its
+positive *key* k = g_k(f_k(x_k)) is another view of the same image, encoded by
+a *key encoder* that is a slowly moving average of the query encoder; the
+negatives are the keys of the previous batches, kept in a FIFO *queue* [1].
+The queue decouples the number of negatives from the batch size, and the
+momentum keeps the queued keys consistent with each other even though the
+encoder changes.  MoCo v2 [2] adds SimCLR's MLP head and stronger
+augmentations, with t = 0.2.  The loss is InfoNCE over [q.k+, q.queue] / t,
+positive at index 0.
+
+One step (``training_step``), following the reference code of [1]:
+
+1. momentum update: theta_k <- m theta_k + (1 - m) theta_q (no gradient);
+2. queries from x_q, keys from x_k (keys without gradient, shuffle-BN);
+3. loss = InfoNCE(q, k, queue, t);
+4. enqueue the keys, overwriting the oldest ones.
+
+Shuffle-BN.  With batch norm, a query and its positive key normalised with
+the statistics of the same batch can "talk" through those statistics: the
+network learns to recognise "a key from my batch" (the only such key among
+the logits) instead of good features, the loss drops and the features are
+poor ([1], section 3.3).  [1] fixes this on 8 GPUs: each GPU normalises its
+own sub-batch, and the keys are shuffled across GPUs before the key encoder
+and unshuffled after, so a query and its key see different BN statistics.
+In one process we simulate G GPUs, as the single-GPU CIFAR-10 demo of [1]'s
+authors does with its "SplitBatchNorm": both encoders run on G sub-batches,
+the queries in their original order and the keys after a random permutation
+(undone afterwards).  Running the networks on sub-batches rather than
+swapping their BN layers works for any encoder.  ``shuffle_bn_groups=1``
+switches the guard off (one batch, the leak is back: an experiment of
+lesson 07).
+
+[1] He et al., Momentum Contrast for Unsupervised Visual Representation
+    Learning (MoCo), CVPR 2020.
+[2] Chen et al., Improved Baselines with Momentum Contrastive Learning
+    (MoCo v2), arXiv:2003.04297, 2020.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clcourse.encoders import ProjectionHead
+from clcourse.losses import info_nce
+
+
+class MoCo(nn.Module):
+    """MoCo v2 [1, 2]: query encoder + MLP head, momentum key encoder, queue of negatives.
+
+    Args:
+        encoder: maps [B, C, H, W] to [B, encoder.out_dim]; the query encoder,
+            kept for evaluation as ``.encoder``.
+        projection_dim: size D of queries and keys (128 in [1, 2]).
+        hidden_dim: hidden width of the head (default: the encoder's out_dim).
+        head_layers: Linear layers in the head: 2 = MoCo v2's MLP (Linear-ReLU-Linear,
+            no batch norm, as [2]), 1 = MoCo v1's linear head.
+        queue_size: K, the number of queued negative keys (65536 on ImageNet in [1],
+            4096 on CIFAR-10); must be at least the number of keys per step.
+        momentum: m in [0, 1] of the key encoder's moving average (0.999 in [1] for
+            long ImageNet runs; 0.99 suits short runs). m = 1 freezes the key encoder,
+            m = 0 makes it a copy of the query encoder.
+        temperature: t > 0 of InfoNCE (0.2 in [2], 0.07 in [1]).
+        shuffle_bn_groups: G >= 1, the number of simulated GPUs of shuffle-BN (see
+            the module docstring); every batch needs at least 2 images per group.
+        symmetric: also use x_k as query and x_q as key, average the two losses and
+            enqueue both sets of keys (the "symmetric" option of the CIFAR-10 demo of
+            [1]; off in MoCo v2). Averaged rather than summed so that the loss value
+            compares with the asymmetric one.
+        generator: CPU generator for the shuffle-BN permutations and the initial
+            queue; None uses torch's global RNG (which :func:`clcourse.train.fit`
+            checkpoints, so resumed runs repeat exactly).
+
+    Attributes:
+        encoder, projector: the query network, trained by backprop.
+        key_encoder, key_projector: its momentum copy (``requires_grad`` False, so
+            an optimiser over ``parameters()`` never changes it).
+        queue: buffer [K, D] of L2-normalised keys; queue_ptr: buffer, the row the
+            next key overwrites (the oldest). Both are in ``state_dict()``, so
+            checkpoints keep the negatives.
+
+    Batch-norm buffers (running statistics) of the key encoder are averaged with
+    the same rule as its weights, so it is a moving average of the whole query
+    network and can be evaluated in eval mode. Its forward passes in train mode
+    also update them; training itself never reads them (train-mode BN uses the
+    sub-batch statistics).
+
+    A batch is ``(views, labels)`` with ``views = [x_q, x_k]``, each
+    [B, C, H, W]; labels are ignored (self-supervised).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        projection_dim: int = 128,
+        hidden_dim: int | None = None,
+        head_layers: int = 2,
+        queue_size: int = 4096,
+        momentum: float = 0.99,
+        temperature: float = 0.2,
+        shuffle_bn_groups: int = 4,
+        symmetric: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        if not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
+        if not isinstance(shuffle_bn_groups, int) or shuffle_bn_groups < 1:
+            raise ValueError(f"shuffle_bn_groups must be a positive int, got {shuffle_bn_groups!r}")
+        self.encoder = encoder
+        self.projector = ProjectionHead(
+            encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers, batch_norm=False
+        )
+        self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.momentum = momentum
+        self.temperature = temperature
+        self.shuffle_bn_groups = shuffle_bn_groups
+        self.symmetric = symmetric
+        self.generator = generator
+        # Random unit vectors, as in [1]'s code: the first K / B steps contrast against noise.
+        queue = torch.randn(queue_size, self.projector.out_dim, generator=generator)
+        self.register_buffer("queue", F.normalize(queue, dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Representations of the query encoder: [B, C, H, W] -> [B, encoder.out_dim]."""
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q for every parameter and float buffer [1] (eq. 2).
+
+        Integer buffers (batch norm's step counter) are copied.
+        """
+        for query_net, key_net in ((self.encoder, self.key_encoder), (self.projector, self.key_projector)):
+            for q, k in zip(query_net.parameters(), key_net.parameters()):
+                k.lerp_(q, 1.0 - self.momentum)  # lerp is exact at both ends: m = 1 keeps k, m = 0 gives q
+            for q, k in zip(query_net.buffers(), key_net.buffers()):
+                if k.is_floating_point():
+                    k.lerp_(q, 1.0 - self.momentum)
+                else:
+                    k.copy_(q)
+
+    def _in_groups(self, net, x: torch.Tensor, shuffle: bool) -> torch.Tensor:
+        """Run ``net`` on G sub-batches of x (after a random permutation if ``shuffle``), in x's order."""
+        groups = self.shuffle_bn_groups
+        if groups == 1:
+            return net(x)  # one batch: a permutation would not change its statistics
+        if x.shape[0] < 2 * groups:
+            raise ValueError(
+                f"shuffle-BN splits the batch into {groups} groups of at least 2 images, got a batch of "
+                f"{x.shape[0]}; use a larger batch or a smaller shuffle_bn_groups"
+            )
+        if not shuffle:
+            return torch.cat([net(part) for part in x.tensor_split(groups)])
+        perm = torch.randperm(x.shape[0], generator=self.generator).to(x.device)
+        out = torch.cat([net(part) for part in x[perm].tensor_split(groups)])
+        return out[torch.argsort(perm)]  # row i of out belongs to image perm[i]
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised queries: [B, C, H, W] -> [B, D], G contiguous BN groups, with gradient."""
+        return F.normalize(self._in_groups(lambda v: self.projector(self.encoder(v)), x, shuffle=False), dim=1)
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised keys: [B, C, H, W] -> [B, D], shuffled into G BN groups, no gradient."""
+        return F.normalize(self._in_groups(lambda v: self.key_projector(self.key_encoder(v)), x, shuffle=True), dim=1)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        """Overwrite the oldest len(keys) rows of the queue, wrapping around its end."""
+        rows = (self.queue_ptr + torch.arange(keys.shape[0], device=self.queue.device)) % self.queue.shape[0]
+        self.queue[rows] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
+
+    def training_step(self, batch) -> torch.Tensor:
+        """InfoNCE of one batch ``(views, labels)``, views = [x_q, x_k] each [B, C, H, W]; returns a scalar.
+
+        Updates the key encoder (momentum) before computing the keys, as [1]'s
+        code does (Algorithm 1 updates after the optimiser step; the same
+        sequence from the second step on), and enqueues the keys after the loss.
+        """
+        views, _ = batch
+        if len(views) != 2:
+            raise ValueError(f"MoCo expects 2 views per image [x_q, x_k], got {len(views)}")
+        x_q, x_k = views
+        if x_q.shape != x_k.shape:
+            raise ValueError(f"the two views must have the same shape, got {list(x_q.shape)} and {list(x_k.shape)}")
+        keys_per_step = x_q.shape[0] * (2 if self.symmetric else 1)
+        if keys_per_step > self.queue.shape[0]:
+            raise ValueError(
+                f"queue_size ({self.queue.shape[0]}) must be at least the keys enqueued per step "
+                f"({keys_per_step}); MoCo's queue is meant to be much larger than the batch"
+            )
+        self.momentum_update()
+        # The loss may keep the queue for its backward; the enqueue below writes in place.
+        negatives = self.queue.clone()
+        k = self.keys(x_k)
+        loss = info_nce(self.queries(x_q), k, negatives, self.temperature)
+        if self.symmetric:
+            k_sym = self.keys(x_q)
+            loss = (loss + info_nce(self.queries(x_k), k_sym, negatives, self.temperature)) / 2
+            k = torch.cat([k, k_sym])
+        self._enqueue(k)
+        return loss

@@ -1,0 +1,152 @@
+"""The exercise notebooks, their build and the batch grader (executes notebooks in kernels)."""
+
+import csv
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+from clcourse.cli import main
+from clcourse.grading import tasks
+from clcourse.grading.build import (
+    BEGIN, KERNELSPEC, STUB, build_exercises, clean, render, strip_solutions, student_notebook,
+)
+from clcourse.grading.grader import grade_notebooks
+
+EXERCISES = Path(__file__).parent.parent / "exercises"
+SOURCES = sorted((EXERCISES / "source").glob("*.ipynb"))
+STUDENTS = [EXERCISES / p.name for p in SOURCES]
+
+
+def test_one_source_notebook_per_lesson_with_tasks():
+    lessons = {t.lesson for t in tasks()}
+    assert [p.name[:2] for p in SOURCES] == sorted(lessons)
+    for path in SOURCES:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata["clcourse"]["lesson"] == path.name[:2]
+        assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+def test_sources_are_stored_clean():
+    for path in SOURCES:
+        assert path.read_text(encoding="utf-8") == render(clean(nbformat.read(path, as_version=4))), path
+
+
+def test_committed_student_notebooks_equal_the_build(tmp_path):
+    for src, student in zip(SOURCES, STUDENTS):
+        built = render(student_notebook(nbformat.read(src, as_version=4), src.name))
+        assert student.read_text(encoding="utf-8") == built, f"{student} is stale: run `clcourse exercises build`"
+    assert main(["exercises", "build", "--source", str(EXERCISES / "source"), "--out", str(EXERCISES),
+                 "--check"]) == 0
+    written = build_exercises(EXERCISES / "source", tmp_path)
+    assert all(changed for _, changed in written)  # first build into an empty folder
+    assert not any(changed for _, changed in build_exercises(EXERCISES / "source", tmp_path))
+
+
+def test_student_notebooks_keep_signatures_and_drop_solutions():
+    for src, student in zip(SOURCES, STUDENTS):
+        text = student.read_text(encoding="utf-8")
+        assert BEGIN not in text and "outputs\": [\n    {" not in text
+        src_defs = [c.source.splitlines()[0] for c in nbformat.read(src, as_version=4).cells
+                    if c.cell_type == "code" and c.source.startswith("def ")]
+        stu_cells = [c.source for c in nbformat.read(student, as_version=4).cells
+                     if c.cell_type == "code" and c.source.startswith("def ")]
+        assert [c.splitlines()[0] for c in stu_cells] == src_defs
+        assert all(f"    {STUB}" in c for c in stu_cells)
+
+
+def test_strip_solutions_keeps_indentation_and_rejects_bad_markers():
+    source = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n"
+    assert strip_solutions(source) == f"def f(x):\n    y = 1\n    {STUB}"
+    with pytest.raises(ValueError, match="never closed"):
+        strip_solutions("### BEGIN SOLUTION\nx = 1")
+    with pytest.raises(ValueError, match="without"):
+        strip_solutions("x = 1\n### END SOLUTION")
+    with pytest.raises(ValueError, match="inside another"):
+        strip_solutions("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION")
+
+
+def test_solution_notebooks_score_full_marks():
+    scores = grade_notebooks(SOURCES, timeout=120)
+    for nb in scores:
+        assert not nb.cell_errors, nb.cell_errors
+        assert nb.tasks and all(t.passed for t in nb.tasks), [(t.task_id, t.message) for t in nb.tasks]
+        assert nb.points == nb.max_points
+    assert {t.task_id for nb in scores for t in nb.tasks} == {t.id for t in tasks()}
+
+
+def test_student_notebooks_run_to_the_end_and_score_zero():
+    scores = grade_notebooks(STUDENTS, timeout=120)
+    for nb in scores:
+        assert not nb.cell_errors, nb.cell_errors  # every cell ran, check cells included
+        assert len(nb.tasks) >= 2
+        for t in nb.tasks:
+            assert (t.status, t.points, t.message) == ("not attempted", 0, "not attempted yet")
+
+
+def _synthetic_notebook(path: Path) -> None:
+    """Tasks that pass around cells that raise, hang and kill the kernel."""
+    setup = new_code_cell("import torch\nimport torch.nn.functional as F\nfrom clcourse.grading import check",
+                          metadata={"tags": ["setup"]})
+    cells = [
+        setup,
+        new_code_cell("def triplet_loss(a, p, n, margin=0.2):\n"
+                      "    a, p, n = (F.normalize(x, dim=1) for x in (a, p, n))\n"
+                      "    if len(a) == 0:\n        return a.sum() * 0\n"
+                      "    return F.relu((a - p).norm(dim=1) - (a - n).norm(dim=1) + margin).mean()"),
+        new_code_cell('check("05.triplet_loss", triplet_loss)'),
+        new_code_cell("raise ValueError('broken on purpose')\ndef nt_xent(z1, z2, t=0.5):\n    return 0"),
+        new_code_cell('check("03.nt_xent", nt_xent)'),
+        new_code_cell("while True:\n    pass"),
+        new_code_cell('check("03.softmax_weights", softmax_weights)'),
+        new_code_cell("import os\nos._exit(1)"),
+        new_code_cell('check("04.info_nce", info_nce)'),
+        new_code_cell("def enqueue(queue, ptr, keys):\n"
+                      "    rows = (ptr + torch.arange(len(keys))) % len(queue)\n"
+                      "    queue[rows] = keys.detach()\n    return (ptr + len(keys)) % len(queue)"),
+        new_code_cell('check("04.enqueue", enqueue)'),
+    ]
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}), path)
+
+
+def test_grader_survives_raising_hanging_and_killing_cells(tmp_path, capsys):
+    notebook = tmp_path / "synthetic.ipynb"
+    _synthetic_notebook(notebook)
+    csv_path, json_path = tmp_path / "scores.csv", tmp_path / "scores.json"
+    assert main(["grade", str(notebook), "--timeout", "5", "--csv", str(csv_path), "--json", str(json_path)]) == 0
+
+    table = capsys.readouterr().out
+    assert "04.enqueue" in table and "total: 2/7 points" in table
+
+    rows = {r["task"]: r for r in csv.DictReader(csv_path.open())}
+    assert set(rows) == {"05.triplet_loss", "03.nt_xent", "03.softmax_weights", "04.info_nce", "04.enqueue"}
+    assert rows["05.triplet_loss"]["passed"] == "True" and rows["04.enqueue"]["passed"] == "True"
+    assert "ValueError: broken on purpose" in rows["03.nt_xent"]["message"]
+    assert "did not finish within 5 s" in rows["03.softmax_weights"]["message"]
+    assert "killed the kernel" in rows["04.info_nce"]["message"]
+    assert all(rows[t]["points"] == "0" for t in ("03.nt_xent", "03.softmax_weights", "04.info_nce"))
+
+    report = json.loads(json_path.read_text())
+    (nb,) = report["notebooks"]
+    assert report["points"] == nb["points"] == 2 and report["max_points"] == nb["max_points"] == 7
+    assert len(nb["cell_errors"]) >= 3
+    statuses = {t["task_id"]: t["status"] for t in nb["tasks"]}
+    assert statuses["04.enqueue"] == "passed" and statuses["04.info_nce"] == "no result"
+
+
+def test_grade_reports_missing_notebooks(tmp_path, capsys):
+    assert main(["grade", str(tmp_path / "nope.ipynb")]) == 1
+    assert "no such notebook" in capsys.readouterr().err
+
+
+def test_check_output_is_shown_once_as_html():
+    nb = new_notebook(cells=[new_code_cell(
+        "from clcourse.grading import check\ncheck('05.triplet_loss', lambda a, p, n, m=0.2: 1 / 0)")])
+    NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    assert [o.output_type for o in outputs] == ["display_data"]
+    assert "ZeroDivisionError" in outputs[0].data["text/html"]
+    assert "05.triplet_loss: failed" in outputs[0].data["text/plain"]

@@ -1,0 +1,324 @@
+"""The exercise checks: solutions pass, typical wrong answers are caught with the right hint.
+
+Notebook execution (the grader, the build) is tested in tests/test_exercises.py.
+"""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clcourse.grading import CheckResult, check, evaluate, tasks
+from clcourse.grading.feedback import LOG_ENV
+
+SOURCES = sorted((Path(__file__).parent.parent / "exercises" / "source").glob("*.ipynb"))
+
+
+def _solutions() -> dict:
+    """Run the solution notebooks' code in-process; return what their check cells checked."""
+    checked = {}
+    namespace = {}
+    for path in SOURCES:
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                exec(cell.source, namespace)  # noqa: S102 - our own notebooks
+                namespace["check"] = lambda task_id, answer: checked.setdefault(task_id, answer)
+    return checked
+
+
+def test_every_lesson_has_at_least_two_tasks():
+    ids = [t.id for t in tasks()]
+    assert len(ids) == len(set(ids))
+    for lesson in range(1, 6):
+        assert len(tasks(lesson)) >= 2, lesson
+    assert all(t.description and t.points >= 1 for t in tasks())
+
+
+def test_every_solution_passes():
+    solutions = _solutions()
+    assert sorted(solutions) == sorted(t.id for t in tasks())
+    for task_id, answer in solutions.items():
+        result = evaluate(task_id, answer)
+        assert result.passed, result.message
+        assert result.points == result.max_points
+
+
+# --- typical wrong answers: each must fail with a hint naming the mistake --------------------
+
+LUMA = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+def jitter(x, b, s, *, clamp=True, gray=None, blend="right", factors=lambda f: f.view(-1, 1, 1, 1)):
+    b, s = factors(b.to(x.dtype)), factors(s.to(x.dtype))
+    y = x * b
+    y = y.clamp(0, 1) if clamp else y
+    g = gray(y) if gray else (y * LUMA.to(x.dtype)).sum(1, keepdim=True)
+    out = s * y + (1 - s) * g if blend == "right" else s * g + (1 - s) * y
+    return out.clamp(0, 1) if clamp else out
+
+
+def boxes(scale, ratio, u, H, W, *, inverted=False, room=lambda H, h: H - h + 1, rounding=torch.round):
+    area = scale * H * W
+    r = 1 / ratio if inverted else ratio
+    w = rounding(torch.sqrt(area * r)).clamp(1, W)
+    h = rounding(torch.sqrt(area / r)).clamp(1, H)
+    return torch.stack([torch.floor(u[:, 0] * room(H, h)), torch.floor(u[:, 1] * room(W, w)), h, w], 1).long()
+
+
+class ReluBeforeBN(nn.Module):
+    def __init__(self, i, h, o):
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(i, h), nn.BatchNorm1d(h), nn.Linear(h, o)
+
+    def forward(self, x):
+        return self.fc2(self.bn(F.relu(self.fc1(x))))
+
+
+def features(model, x, bs, *, fn="encoder", eval_mode=True, no_grad=True, restore=True, drop_last=False):
+    was = model.training
+    model.train(not eval_mode)
+    stop = len(x) - len(x) % bs if drop_last else len(x)
+    with torch.set_grad_enabled(not no_grad):
+        out = torch.cat([getattr(model, fn)(x[i:i + bs]) for i in range(0, stop, bs)])
+    if restore:
+        model.train(was)
+    return out
+
+
+def ntx(z1, z2, t=0.5, *, norm=True, diag=float("-inf"), targets=None, tpow=1, first_only=False, reduce="mean"):
+    n = len(z1)
+    z = torch.cat([z1, z2])
+    z = F.normalize(z, dim=1) if norm else z
+    logits = z @ z.T / t ** tpow
+    if diag is not None:
+        logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), diag)
+    y = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]) if targets is None else targets(n)
+    losses = F.cross_entropy(logits, y, reduction="none")
+    losses = losses[:n] if first_only else losses
+    return losses.sum() if reduce == "sum" else losses.mean()
+
+
+def ntx_unshifted(z1, z2, t=0.5):
+    n = len(z1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = (z @ z.T / t)[~torch.eye(2 * n, dtype=torch.bool)].view(2 * n, 2 * n - 1)
+    return F.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+
+
+def clip_loss(z1, z2, t=0.5):
+    logits = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).T / t
+    y = torch.arange(len(z1))
+    return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
+
+
+def weights(z1, z2, t=0.5, *, diag=float("-inf"), dim=1, norm=True):
+    z = torch.cat([z1, z2])
+    z = F.normalize(z, dim=1) if norm else z
+    logits = z @ z.T / t
+    if diag is not None:
+        logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool), diag)
+    return logits.softmax(dim=dim)
+
+
+def nce(q, p, k, t=0.1, *, norm=True, target="zero", tpow=1, in_batch=False, pos_in_denominator=True):
+    if norm:
+        q, p, k = (F.normalize(x, dim=1) for x in (q, p, k))
+    if in_batch:
+        return F.cross_entropy(q @ p.T / t, torch.arange(len(q)))
+    pos = (q * p).sum(1, keepdim=True) / t ** tpow
+    neg = q @ k.T / t ** tpow
+    if not pos_in_denominator:
+        return (torch.logsumexp(neg, 1) - pos[:, 0]).mean()
+    y = torch.zeros(len(q), dtype=torch.long) if target == "zero" else torch.arange(len(q))
+    return F.cross_entropy(torch.cat([pos, neg], 1), y)
+
+
+def enqueue(queue, ptr, keys, *, wrap=True, new_ptr=lambda p, b, k: (p + b) % k, start=None, detach=True,
+            in_place=True):
+    first = ptr if start is None else start
+    rows = (first + torch.arange(len(keys))) % len(queue) if wrap else slice(first, first + len(keys))
+    if in_place:
+        queue[rows] = keys.detach() if detach else keys
+    return new_ptr(ptr, len(keys), len(queue))
+
+
+def triplet(a, p, n, m=0.2, *, norm=True, hinge=True, squared=False, sign=1, empty_guard=True):
+    if norm:
+        a, p, n = (F.normalize(x, dim=1) for x in (a, p, n))
+    if empty_guard and len(a) == 0:
+        return a.sum() * 0
+    d_ap, d_an = (a - p).norm(dim=1), (a - n).norm(dim=1)
+    if squared:
+        d_ap, d_an = d_ap ** 2, d_an ** 2
+    v = sign * (d_ap - d_an) + m
+    return (F.relu(v) if hinge else v).mean()
+
+
+def semi_hard(e, labels, m=0.2, *, upper=True, fallback=True, pick="nearest", self_pairs=False):
+    x = F.normalize(e, dim=1)
+    d = torch.cdist(x, x)
+    same = labels[:, None] == labels[None, :]
+    pairs = same if self_pairs else same & ~torch.eye(len(x), dtype=torch.bool)
+    a, p = pairs.nonzero(as_tuple=True)
+    d_ap, d_an, neg = d[a, p][:, None], d[a], ~same[a]
+    ok = neg & (d_an > d_ap) & (d_an < d_ap + m) if upper else neg & (d_an > d_ap)
+    if pick == "hardest":
+        ok = neg
+    hard = neg & (d_an <= d_ap)
+    near = (d_an.masked_fill(~ok, -1.0).argmax(1) if pick == "farthest"
+            else d_an.masked_fill(~ok, float("inf")).argmin(1))
+    chosen = torch.where(ok.any(1), near, d_an.masked_fill(~hard, -1.0).argmax(1))
+    keep = ok.any(1) | (hard.any(1) if fallback else False)
+    return a[keep], p[keep], chosen[keep]
+
+
+WRONG = {
+    "01.color_jitter": [
+        (lambda x, b, s: jitter(x, b, s, clamp=False), "No clamping"),
+        (lambda x, b, s: jitter(x, b, s, gray=lambda y: y.mean(1, keepdim=True)), "channel mean"),
+        (lambda x, b, s: jitter(x, b, s, blend="reversed"), "reversed"),
+        (lambda x, b, s: jitter(x, b, s, factors=lambda f: f[:1].view(1, 1, 1, 1)), "first sample"),
+        (lambda x, b, s: jitter(x, b, s, factors=lambda f: f.view(1, 1, 1, -1)), "view(-1, 1, 1, 1)"),
+        (lambda x, b, s: jitter(x, b, s, gray=lambda y: (y * LUMA.to(y.dtype)).sum(1, keepdim=True)
+                                .mean((1, 2, 3), keepdim=True)), "contrast"),
+    ],
+    "01.crop_boxes": [
+        (lambda *a: boxes(*a, inverted=True), "width / height"),
+        (lambda *a: boxes(*a, room=lambda H, h: H), "leave the image"),
+        (lambda *a: boxes(*a, room=lambda H, h: H - h), "Off by one"),
+        (lambda *a: boxes(*a, rounding=torch.floor), "Round the side lengths"),
+    ],
+    "02.projection_head": [
+        (lambda i, h, o: nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, o), nn.ReLU()),
+         "activation after the last layer"),
+        (lambda i, h, o: nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.Linear(h, o)), "no ReLU"),
+        (lambda i, h, o: nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, o)), "no BatchNorm1d"),
+        (ReluBeforeBN, "ReLU comes after the BatchNorm"),
+        (lambda i, h, o: nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, h)),
+         "[batch, out_dim]"),
+    ],
+    "02.features": [
+        (lambda m, x, bs: features(m, x, bs, fn="project"), "projections"),
+        (lambda m, x, bs: features(m, x, bs, eval_mode=False), "model.eval()"),
+        (lambda m, x, bs: features(m, x, bs, no_grad=False), "torch.no_grad()"),
+        (lambda m, x, bs: features(m, x, bs, restore=False), "was_training"),
+        (lambda m, x, bs: features(m, x, bs, drop_last=True), "partial batch"),
+    ],
+    "03.nt_xent": [
+        (lambda z1, z2, t=0.5: ntx(z1, z2, t, norm=False), "not L2-normalised"),
+        (lambda z1, z2, t=0.5: ntx(z1, z2, t, diag=None), "self-similarity is not masked"),
+        (lambda z1, z2, t=0.5: ntx(z1, z2, t, diag=0.0), "exp(0) = 1"),
+        (lambda z1, z2, t=0.5: ntx(z1, z2, t, targets=lambda n: torch.arange(2 * n)), "positive index"),
+        (ntx_unshifted, "i + N - 1"),
+        (lambda z1, z2, t=0.5: ntx(z1, z2, t, tpow=2), "temperature is applied twice"),
+        (lambda z1, z2, t=0.5: ntx(z1, z2, t, first_only=True), "Only one direction"),
+        (clip_loss, "cross-view negatives"),
+        (lambda z1, z2, t=0.5: ntx(z1, z2, t, reduce="sum"), "summed"),
+        (lambda z1, z2, t=0.5: ntx(z1, z2, t).item(), "don't call .item()"),
+        (lambda z1, z2, t=0.5: ntx(z1.detach(), z2.detach(), t), "gradients"),
+    ],
+    "03.softmax_weights": [
+        (lambda z1, z2, t=0.5: weights(z1, z2, t, diag=None), "not masked"),
+        (lambda z1, z2, t=0.5: weights(z1, z2, t, diag=0.0), "exp(0) = 1"),
+        (lambda z1, z2, t=0.5: weights(z1, z2, t, dim=0), "wrong dimension"),
+        (lambda z1, z2, t=0.5: weights(z1, z2, t, norm=False), "not L2-normalised"),
+    ],
+    "04.info_nce": [
+        (lambda q, p, k, t=0.1: nce(q, p, k, t, norm=False), "not L2-normalised"),
+        (lambda q, p, k, t=0.1: nce(q, p, k, t, target="arange"), "column 0"),
+        (lambda q, p, k, t=0.1: nce(q, p, k, t, tpow=2), "applied twice"),
+        (lambda q, p, k, t=0.1: nce(q, p, k, t, in_batch=True), "queue is ignored"),
+        (lambda q, p, k, t=0.1: nce(q, p, k, t, pos_in_denominator=False), "missing from the denominator"),
+    ],
+    "04.enqueue": [
+        (lambda q, p, k: enqueue(q, p, k, wrap=False), "wrap around"),
+        (lambda q, p, k: enqueue(q, p, k, new_ptr=lambda p, b, K: p + b), "does not wrap"),
+        (lambda q, p, k: enqueue(q, p, k, new_ptr=lambda p, b, K: p), "not advanced"),
+        (lambda q, p, k: enqueue(q, p, k, start=0), "row 0"),
+        (lambda q, p, k: enqueue(q, p, k, in_place=False), "in place"),
+        (lambda q, p, k: enqueue(q, p, k, detach=False), "keys.detach()"),
+    ],
+    "05.triplet_loss": [
+        (lambda a, p, n, m=0.2: triplet(a, p, n, m, norm=False), "not L2-normalised"),
+        (lambda a, p, n, m=0.2: triplet(a, p, n, m, hinge=False), "hinge is missing"),
+        (lambda a, p, n, m=0.2: triplet(a, p, n, m, squared=True), "squared distances"),
+        (lambda a, p, n, m=0.2: triplet(a, p, n, m, sign=-1), "swapped"),
+        (lambda a, p, n, m=0.2: triplet(a, p, n, m, empty_guard=False), "NaN"),
+    ],
+    "05.semi_hard": [
+        (lambda e, l, m=0.2: semi_hard(e, l, m, pick="hardest"), "hardest negatives"),
+        (lambda e, l, m=0.2: semi_hard(e, l, m, upper=False), "margin bound is missing"),
+        (lambda e, l, m=0.2: semi_hard(e, l, m, fallback=False), "fallback is missing"),
+        (lambda e, l, m=0.2: semi_hard(e, l, m, pick="farthest"), "nearest"),
+        (lambda e, l, m=0.2: semi_hard(e, l, m, self_pairs=True), "paired with itself"),
+    ],
+}
+
+
+def test_wrong_answers_cover_every_task():
+    assert sorted(WRONG) == sorted(t.id for t in tasks())
+    assert all(len(wrong) >= 3 for wrong in WRONG.values())
+
+
+@pytest.mark.parametrize("task_id, answer, mistake",
+                         [(t, a, m) for t, wrong in WRONG.items() for a, m in wrong],
+                         ids=[f"{t}:{m}" for t, wrong in WRONG.items() for _, m in wrong])
+def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
+    result = evaluate(task_id, answer)
+    assert result.status == "failed" and result.points == 0
+    assert result.case, "the failing input must be named"
+    assert mistake in result.hint + result.problem, result.message
+
+
+# --- feedback: never crash, say what happened ------------------------------------------------
+
+def test_not_implemented_is_not_attempted():
+    def stub(*args):
+        raise NotImplementedError("write me")
+
+    result = evaluate("03.nt_xent", stub)
+    assert result.status == "not attempted" and not result.passed and result.points == 0
+    assert "not attempted yet" in result.message
+
+
+def test_other_exceptions_are_reported_with_their_input():
+    def buggy(z1, z2, temperature=0.5):
+        return z1 @ z2  # [N, D] @ [N, D]: a shape error
+
+    result = evaluate("03.nt_xent", buggy)
+    assert result.status == "failed"
+    assert "RuntimeError" in result.problem and "N=8" in result.case
+    assert "z1 @ z2" in result.problem  # the learner's line
+
+
+def test_non_callable_and_unknown_task():
+    assert "must be a function" in evaluate("03.nt_xent", 42).problem
+    result = evaluate("99.nothing", lambda: None)
+    assert not result.passed and "03.nt_xent" in result.problem
+
+
+def test_answer_that_modifies_its_input_is_caught():
+    def in_place(x, b, s):
+        x.mul_(b.view(-1, 1, 1, 1)).clamp_(0, 1)
+        g = (x * LUMA).sum(1, keepdim=True)
+        return (s.view(-1, 1, 1, 1) * x + (1 - s.view(-1, 1, 1, 1)) * g).clamp(0, 1)
+
+    result = evaluate("01.color_jitter", in_place)
+    assert "in place" in result.problem
+
+
+def test_check_prints_logs_and_renders(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(LOG_ENV, str(log))
+    result = check("05.triplet_loss", lambda a, p, n, m=0.2: triplet(a, p, n, m, hinge=False))
+    assert isinstance(result, CheckResult) and not result.passed
+    out = capsys.readouterr().out
+    assert "05.triplet_loss: failed" in out and "expected:" in out and "received:" in out and "hint:" in out
+    html = result._repr_html_()
+    assert "05.triplet_loss" in html and "hinge" in html and "<table" in html
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["task_id"] == "05.triplet_loss" and entry["passed"] is False and entry["max_points"] == 1
