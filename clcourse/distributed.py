@@ -59,6 +59,7 @@ from clcourse.losses import (
     _shape,
     nt_xent,
     supcon,
+    supcon_anchor_losses,
 )
 
 __all__ = [
@@ -236,21 +237,9 @@ def _own_anchors_supcon(z: Tensor, labels: Tensor | None, temperature: float, va
             f"got {m} embeddings (over {w} processes) with {m} distinct labels"
         )
 
-    is_self = torch.zeros(anchors.shape[0], candidates.shape[0], dtype=torch.bool, device=z.device)
-    is_self[torch.arange(anchors.shape[0], device=z.device), anchor_index] = True
-    pos_mask = (anchor_labels.unsqueeze(1) == candidate_labels.unsqueeze(0)) & ~is_self
-    has_pos = pos_mask.any(dim=1)
-    # Anchors without positives are dropped before the log-sum-exps, as in `supcon`: an all
-    # -inf row would give NaN gradients. A process may be left with none; its empty product
-    # still joins the graph, so it still takes part in the backward all_reduce.
-    logits = (anchors[has_pos] @ candidates.t() / temperature).masked_fill(is_self[has_pos], float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    pos_mask = pos_mask[has_pos]
-    n_pos = pos_mask.sum(dim=1).to(log_prob.dtype)
-    if variant == "out":
-        per_anchor = -log_prob.masked_fill(~pos_mask, 0.0).sum(dim=1) / n_pos
-    else:
-        per_anchor = n_pos.log() - torch.logsumexp(log_prob.masked_fill(~pos_mask, float("-inf")), dim=1)
+    # A process may be left with no anchor that has a positive; its empty sum still joins the
+    # graph, so it still takes part in the backward all_reduce.
+    per_anchor = supcon_anchor_losses(anchors, anchor_labels, candidates, candidate_labels, anchor_index, temperature, variant)
     return per_anchor.sum() * (w / n_valid.to(per_anchor.dtype))
 
 

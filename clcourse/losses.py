@@ -40,6 +40,7 @@ __all__ = [
     "triplet_margin",
     "mine_triplets",
     "supcon",
+    "supcon_anchor_losses",
     "alignment",
     "uniformity",
     "NTXentLoss",
@@ -480,25 +481,47 @@ def supcon(z: Tensor, labels: Tensor | None = None, temperature: float = 0.1, va
 
     (x,) = _normalized(flat)
     m = x.shape[0]
-    self_mask = torch.eye(m, dtype=torch.bool, device=x.device)
-    pos_mask = (flat_labels.unsqueeze(0) == flat_labels.unsqueeze(1)) & ~self_mask
-    has_pos = pos_mask.any(dim=1)
-    if not has_pos.any():
+    if not (flat_labels.unsqueeze(0) == flat_labels.unsqueeze(1)).sum() > m:
         raise ValueError(
             "supcon needs at least one anchor with a positive (two embeddings with the same label), "
             f"got {m} embeddings with {m} distinct labels"
         )
+    self_index = torch.arange(m, device=x.device)
+    return supcon_anchor_losses(x, flat_labels, x, flat_labels, self_index, t, variant).mean()
+
+
+def supcon_anchor_losses(
+    anchors: Tensor,
+    anchor_labels: Tensor,
+    candidates: Tensor,
+    candidate_labels: Tensor,
+    self_index: Tensor,
+    temperature: float,
+    variant: str,
+) -> Tensor:
+    """Per-anchor SupCon losses [8] of anchors that have a positive, against a set of candidates.
+
+    The shared core of :func:`supcon` (anchors = candidates) and of
+    :func:`clcourse.distributed.distributed_supcon` (local anchors, candidates gathered from
+    every process). Inputs must already be checked and L2-normalised.
+
+    Shapes: anchors [A, D], anchor_labels [A], candidates [C, D], candidate_labels [C],
+    self_index [A] (the row of each anchor among the candidates, excluded from its
+    denominator); returns [A'] for the A' anchors with at least one positive (may be empty).
+    """
+    is_self = torch.zeros(anchors.shape[0], candidates.shape[0], dtype=torch.bool, device=anchors.device)
+    is_self[torch.arange(anchors.shape[0], device=anchors.device), self_index] = True
+    pos_mask = (anchor_labels.unsqueeze(1) == candidate_labels.unsqueeze(0)) & ~is_self
+    has_pos = pos_mask.any(dim=1)
     # Anchors without positives are dropped before the log-sum-exps: an all -inf row would
     # give NaN gradients even if its loss were masked out later.
-    logits = (x[has_pos] @ x.t() / t).masked_fill(self_mask[has_pos], float("-inf"))
+    logits = (anchors[has_pos] @ candidates.t() / temperature).masked_fill(is_self[has_pos], float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     pos_mask = pos_mask[has_pos]
-    n_pos = pos_mask.sum(dim=1)
+    n_pos = pos_mask.sum(dim=1).to(log_prob.dtype)
     if variant == "out":
-        per_anchor = -log_prob.masked_fill(~pos_mask, 0.0).sum(dim=1) / n_pos.to(log_prob.dtype)
-    else:
-        per_anchor = n_pos.to(log_prob.dtype).log() - torch.logsumexp(log_prob.masked_fill(~pos_mask, float("-inf")), dim=1)
-    return per_anchor.mean()
+        return -log_prob.masked_fill(~pos_mask, 0.0).sum(dim=1) / n_pos
+    return n_pos.log() - torch.logsumexp(log_prob.masked_fill(~pos_mask, float("-inf")), dim=1)
 
 
 # --------------------------------------------------------------------------- hypersphere metrics
