@@ -85,7 +85,304 @@ def run_exercises_build(args: argparse.Namespace) -> int:
     return 1 if args.check and any(changed for _, changed in results) else 0
 
 
-COMMANDS = (add_grade_command, add_exercises_command)
+# The names of clcourse.recipes.METHODS / DATASETS, repeated so that --help need not import torch
+# (tests/test_cli.py checks that they agree).
+TRAIN_METHODS = ("simclr", "moco", "supcon")
+TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10")
+
+
+def add_train_command(subparsers) -> None:
+    """``clcourse train METHOD [--dataset NAME] [--epochs N | --steps N | --seconds S] [options]``."""
+    parser = subparsers.add_parser(
+        "train", help="train a method from its recipe, evaluate it, write checkpoints and metrics",
+        description="Train SimCLR, MoCo or SupCon with the recipe of the profile (clcourse/recipes.py), "
+                    "then evaluate the encoder: kNN and linear probes with 1%%, 10%% and 100%% of the labels. "
+                    "Writes DIR/last.pt (every epoch), DIR/history.json and DIR/metrics.json. "
+                    "Under 'torchrun --nproc_per_node=K -m clcourse train ...' it trains with "
+                    "DistributedDataParallel (gloo on CPUs, nccl on GPUs); --batch-size is the global batch.")
+    parser.add_argument("method", choices=TRAIN_METHODS, metavar="METHOD", help=f"one of {', '.join(TRAIN_METHODS)}")
+    parser.add_argument("--dataset", choices=TRAIN_DATASETS, metavar="NAME",
+                        help=f"one of {', '.join(TRAIN_DATASETS)} (default: digits in the quick profile, "
+                             "cifar10 in the full one; stl10 is full only)")
+    parser.add_argument("--profile", choices=("quick", "full", "auto"), default=None,
+                        help="default: $CLCOURSE_PROFILE, else auto (quick on a CPU, full on a GPU)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, metavar="N", help="train N epochs (default: the recipe's budget)")
+    budget.add_argument("--steps", type=int, metavar="N", help="train N optimiser steps")
+    budget.add_argument("--seconds", type=float, metavar="S", help="train S seconds (not with torchrun)")
+    parser.add_argument("--batch-size", type=int, metavar="B",
+                        help="global batch size (SGD recipes scale the learning rate with it)")
+    parser.add_argument("--temperature", type=float, metavar="T", help="temperature of the loss")
+    parser.add_argument("--lr", type=float, metavar="LR", help="learning rate")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed of weights, data order and views (default: 0)")
+    parser.add_argument("--draws", type=int, metavar="N", help="label draws of the 1%% and 10%% probes")
+    parser.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, mps (default: the best available)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="output folder (default: runs/METHOD-DATASET-PROFILE)")
+    parser.add_argument("--resume", action="store_true", help="continue from DIR/last.pt if it exists")
+    parser.add_argument("--data-root", type=Path, metavar="DIR",
+                        help="where CIFAR-10 / STL-10 live (default: $CLCOURSE_DATA, else data/)")
+    parser.add_argument("--download", action="store_true", help="download CIFAR-10 / STL-10 when missing")
+    parser.set_defaults(func=run_train)
+
+
+def _fail(command: str, message: str, status: int = 2) -> int:
+    print(f"clcourse {command}: {message}", file=sys.stderr)
+    return status
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def format_train_summary(metrics: dict) -> str:
+    """The table ``clcourse train`` prints at the end, from its ``metrics.json`` dictionary."""
+    probes = metrics["linear_probe"]
+    rows = [
+        ("run", f"{metrics['method']} on {metrics['dataset']} ({metrics['profile']} profile)"),
+        ("device", f"{metrics['device']} x {metrics['world_size']} process(es)"),
+        ("trained", f"{metrics['steps']} steps, {metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s "
+                    f"({metrics['images_per_second']:.0f} images/s)"),
+        ("loss", f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}"),
+        (f"kNN (k={metrics['knn']['k']})", _percent(metrics["knn"]["accuracy"])),
+    ]
+    for name, probe in probes.items():
+        spread = f" ± {100 * probe['std']:.1f}" if probe["draws"] > 1 else ""
+        rows.append((f"linear probe {name}", f"{_percent(probe['mean'])}{spread} "
+                                             f"({probe['n_labels']} labels, {probe['draws']} draw(s))"))
+    rows.append(("effective rank", f"{metrics['effective_rank']:.1f} of {metrics['feature_dim']}"))
+    if metrics.get("expected"):
+        rows.append(("expected", metrics["expected"]))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _checkpoint_dir_of_other_ranks(out: Path, resume: bool):
+    """Checkpoint folder for ranks > 0: none, or with --resume a private one that reads rank 0's.
+
+    Only rank 0 writes to DIR. To resume, every process must load the same
+    state, and fit reads it from checkpoint_dir/last.pt: a symbolic link to
+    rank 0's checkpoint in a temporary folder does that; fit's own saves there
+    replace the link (os.replace), never rank 0's file, and vanish with the folder.
+    """
+    import tempfile
+
+    from clcourse.train import CHECKPOINT_NAME
+
+    if not resume:
+        return None, None
+    tmp = tempfile.TemporaryDirectory(prefix="clcourse-rank-")
+    if (out / CHECKPOINT_NAME).is_file():
+        (Path(tmp.name) / CHECKPOINT_NAME).symlink_to((out / CHECKPOINT_NAME).resolve())
+    return Path(tmp.name), tmp
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, evaluate and report one recipe; exit status 2 for bad input or a missing dataset."""
+    import json
+    import os
+    import time
+
+    import torch
+
+    from clcourse import distributed
+    from clcourse.data import DatasetNotFoundError
+    from clcourse.device import get_device, get_profile
+    from clcourse.recipes import DistributedMethod, build, build_optimizer, evaluate, fit_options, get_recipe
+    from clcourse.recipes import images_per_second
+    from clcourse.train import fit
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.seconds is not None:
+        # Every process checks the clock itself: they would stop after different steps and the
+        # ones still training would wait forever in their next collective.
+        return _fail("train", "--seconds cannot be used with torchrun: processes would stop at different "
+                              "steps and wait for each other; give --steps or --epochs")
+    try:
+        if world > 1:
+            backend = "nccl" if torch.cuda.is_available() and (args.device or "cuda").startswith("cuda") else "gloo"
+            device = distributed.setup_from_env(backend)
+        else:
+            device = get_device(args.device)
+        profile = get_profile(args.profile, device)
+        recipe = get_recipe(args.method, profile.name, args.dataset).override(
+            epochs=args.epochs, steps=args.steps, seconds=args.seconds, batch_size=args.batch_size,
+            temperature=args.temperature, lr=args.lr, seed=args.seed, probe_draws=args.draws)
+        if world > 1 and recipe.seconds is not None:
+            raise ValueError(f"the {recipe.profile} recipe's budget is {recipe.seconds:g} seconds, which "
+                             "torchrun cannot share between processes; give --steps or --epochs")
+        rank = distributed.rank()
+        out = args.out or Path("runs") / f"{recipe.method}-{recipe.dataset}-{recipe.profile}"
+        if rank == 0:
+            print(recipe.summary())
+        method, loader, eval_train, eval_test = build(
+            recipe, device, root=args.data_root, download=args.download, rank=rank, world_size=world)
+    except (DatasetNotFoundError, ValueError) as exc:
+        first = distributed.rank() == 0  # every process fails alike; one message is enough
+        distributed.cleanup()
+        return _fail("train", str(exc)) if first else 2
+
+    trainee = DistributedMethod(method, device) if world > 1 else method
+    method = trainee.method if world > 1 else method  # SyncBatchNorm conversion may have replaced modules
+    optimizer = build_optimizer(recipe, method)
+    if rank == 0:
+        checkpoint_dir, private = out, None
+        if args.resume and not (out / "last.pt").is_file():
+            print(f"no checkpoint in {out}: starting from scratch")
+    else:
+        checkpoint_dir, private = _checkpoint_dir_of_other_ranks(out, args.resume)
+    started = time.perf_counter()
+    try:
+        history = fit(trainee, loader, optimizer=optimizer, device=device, checkpoint_dir=checkpoint_dir,
+                      resume=args.resume and checkpoint_dir is not None, progress=rank == 0,
+                      **fit_options(recipe))
+    except ValueError as exc:
+        return _fail("train", str(exc))
+    finally:
+        distributed.cleanup()  # rank 0 evaluates alone: the others may leave now
+        if private is not None:
+            private.cleanup()
+    if rank != 0:
+        return 0
+
+    train_seconds = history.step_time[-1] if history.step_time else 0.0
+    metrics = dict(
+        method=recipe.method, dataset=recipe.dataset, profile=recipe.profile,
+        device=_device_name(device), world_size=world,
+        steps=history.steps, epochs=history.epochs,
+        train_seconds=train_seconds,
+        images_per_second=images_per_second(recipe, history.steps, train_seconds),
+        first_loss=history.step_loss[0] if history.steps else float("nan"),
+        final_loss=history.step_loss[-1] if history.steps else float("nan"),
+        **evaluate(recipe, method, eval_train, eval_test, device=device),
+        expected=recipe.expected,
+        config=recipe.as_dict(),
+        torch=torch.__version__, threads=torch.get_num_threads(),
+    )
+    metrics["elapsed_seconds"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(format_train_summary(metrics))
+    print(f"wrote {out / 'last.pt'}, {out / 'history.json'}, {out / 'metrics.json'}")
+    return 0
+
+
+def add_doctor_command(subparsers) -> None:
+    """``clcourse doctor``: what the course will run with, and what is missing."""
+    parser = subparsers.add_parser(
+        "doctor", help="print versions, device, profile, datasets and the browser-test set-up",
+        description="Check the environment the course runs in. Always exits 0: it reports, it does not judge.")
+    parser.add_argument("--data-root", type=Path, metavar="DIR",
+                        help="where CIFAR-10 / STL-10 are looked for (default: $CLCOURSE_DATA, else data/)")
+    parser.set_defaults(func=run_doctor)
+
+
+DOCTOR_PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "umap-learn", "jupyterlab", "ipywidgets")
+
+# Files whose presence means a dataset is usable (torchvision's own check also hashes them: slow).
+DATASET_FILES = {
+    "cifar10": ("cifar-10-batches-py", ("data_batch_1", "data_batch_5", "test_batch", "batches.meta")),
+    "stl10": ("stl10_binary", ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin")),
+}
+
+
+def _installed_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _install_state() -> str:
+    """How ``clcourse`` is installed, relative to the checkout this code runs from."""
+    import json
+    from importlib.metadata import distributions
+    from urllib.parse import unquote, urlparse
+
+    checkout = Path(__file__).resolve().parents[1]
+    # Run from the checkout, its own clcourse.egg-info is found too: prefer the metadata
+    # that pip wrote (the one with direct_url.json, PEP 610).
+    found = sorted(distributions(name="clcourse"), key=lambda d: d.read_text("direct_url.json") is None)
+    if not found:
+        return f"not installed: running from {checkout} (pip install -e . there)"
+    dist = found[0]
+    direct = dist.read_text("direct_url.json")
+    info = json.loads(direct) if direct else {}
+    if info.get("dir_info", {}).get("editable"):
+        source = Path(unquote(urlparse(info["url"]).path)).resolve()
+        where = "this checkout" if source == checkout else f"another checkout, not this one ({checkout})"
+        return f"editable from {source} ({where})"
+    return f"installed {dist.version} (not editable): edits in {checkout} need a reinstall"
+
+
+def _doctor_report(data_root: Path | None) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The sections of ``clcourse doctor``: (title, [(name, value), ...])."""
+    import importlib.util
+    import os
+    import platform
+
+    import torch
+
+    from clcourse.data import default_root
+    from clcourse.device import get_device, get_profile
+
+    versions = [("python", platform.python_version())] + [(p, _installed_version(p)) for p in DOCTOR_PACKAGES]
+    device = get_device()
+    device_rows = [("device", _device_name(device))]
+    if torch.cuda.is_available():
+        device_rows.append(("cuda", f"{torch.version.cuda}, {torch.cuda.device_count()} GPU(s)"))
+    try:
+        profile = get_profile(device=device)
+        device_rows.append(("profile", f"{profile.name} (requested {profile.requested})"))
+    except ValueError as exc:
+        device_rows.append(("profile", f"invalid: {exc}"))
+    device_rows.append(("threads", f"torch {torch.get_num_threads()}, cpus {os.cpu_count()}"))
+
+    root = data_root or default_root()
+    data_rows = [("root", str(root.resolve())), ("digits", "present (bundled with scikit-learn)"),
+                 ("shapes", "present (generated)")]
+    for name, (folder, files) in DATASET_FILES.items():
+        path = root / folder
+        missing = [f for f in files if not (path / f).is_file()]
+        if not missing:
+            data_rows.append((name, f"present at {path.resolve()}"))
+        else:
+            data_rows.append((name, f"missing at {path.resolve()} (clcourse train ... --download, or "
+                                    f"clcourse.data.{name}(download=True))"))
+
+    chromium = next((p for p in ("/usr/bin/chromium",) if Path(p).is_file()), None)
+    chromium = chromium or shutil.which("chromium") or shutil.which("chromium-browser")
+    browser_rows = [
+        ("chromium", chromium or "not found (the browser test is skipped)"),
+        ("playwright", "importable" if importlib.util.find_spec("playwright")
+         else "not installed (pip install -e '.[test]')"),
+    ]
+    return [("versions", versions), ("device", device_rows), ("datasets", data_rows),
+            ("browser test", browser_rows), ("install", [("clcourse", _install_state())])]
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """Print the doctor's report; always exit 0."""
+    for title, rows in _doctor_report(args.data_root):
+        print(f"[{title}]")
+        width = max(len(name) for name, _ in rows)
+        for name, value in rows:
+            print(f"  {name:<{width}}  {value}")
+    return 0
+
+
+COMMANDS = (add_grade_command, add_exercises_command, add_train_command, add_doctor_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

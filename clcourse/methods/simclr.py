@@ -31,7 +31,13 @@ class SimCLR(nn.Module):
 
     A batch is ``(views, labels)`` with ``views`` a list of two tensors
     [B, C, H, W]; labels are ignored (self-supervised).
+
+    ``loss_fn(z1, z2, temperature)`` is the loss, :func:`clcourse.losses.nt_xent`;
+    data-parallel training sets it to :func:`clcourse.distributed.distributed_nt_xent`
+    so that negatives come from every process.
     """
+
+    loss_fn = staticmethod(nt_xent)
 
     def __init__(
         self,
@@ -69,4 +75,4 @@ class SimCLR(nn.Module):
         # One forward pass over both views keeps batch-norm statistics shared, as in [1].
         z = self.project(torch.cat([x1, x2]))
         z1, z2 = z.chunk(2)
-        return nt_xent(z1, z2, self.temperature)
+        return self.loss_fn(z1, z2, self.temperature)

@@ -66,7 +66,13 @@ class SupCon(nn.Module):
     [B, C, H, W] (V >= 2 without labels), ``labels`` int [B] with -1 for
     unlabelled images (see :func:`unlabelled_as_own_class`), or None for
     no labels at all.
+
+    ``loss_fn(z, labels, temperature, variant)`` is the loss, :func:`clcourse.losses.supcon`;
+    data-parallel training sets it to :func:`clcourse.distributed.distributed_supcon`
+    so that positives and negatives come from every process.
     """
+
+    loss_fn = staticmethod(supcon)
 
     def __init__(
         self,
@@ -119,4 +125,4 @@ class SupCon(nn.Module):
         # One forward pass over all views keeps batch-norm statistics shared, as SimCLR does.
         z = self.project(torch.cat(views))  # [V*B, D], view-major
         z = z.view(v, n, -1).transpose(0, 1)  # [B, V, D]
-        return supcon(z, labels, self.temperature, self.variant)
+        return self.loss_fn(z, labels, self.temperature, self.variant)

@@ -1,0 +1,98 @@
+"""The ``clcourse`` command's ``train`` and ``doctor`` (``grade`` and ``exercises`` are tested in test_grading.py)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clcourse import cli, recipes
+
+# Small and short: a few steps at a small batch, one label draw per probe.
+FAST = ["--dataset", "digits", "--profile", "quick", "--batch-size", "64", "--draws", "1", "--device", "cpu"]
+
+
+def train(out, *args):
+    return cli.main(["train", *args, *FAST, "--out", str(out)])
+
+
+def test_python_dash_m_help_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "clcourse", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for command in ("train", "doctor", "grade", "exercises"):
+        assert command in result.stdout
+
+
+def test_train_help_and_choices_agree_with_the_recipes(capsys):
+    assert cli.TRAIN_METHODS == recipes.METHODS and cli.TRAIN_DATASETS == recipes.DATASETS
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--help"])
+    assert exit_.value.code == 0
+    assert "--resume" in capsys.readouterr().out
+
+
+def test_train_simclr_writes_checkpoint_history_and_metrics_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "simclr", "--steps", "3") == 0
+    assert {p.name for p in out.iterdir()} >= {"last.pt", "history.json", "metrics.json"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("knn", "linear_probe", "config", "device", "train_seconds", "elapsed_seconds",
+                "images_per_second", "steps", "effective_rank", "expected", "world_size"):
+        assert key in metrics, key
+    assert metrics["steps"] == 3 and metrics["world_size"] == 1 and metrics["device"] == "cpu"
+    assert 0 <= metrics["knn"]["accuracy"] <= 1
+    assert set(metrics["linear_probe"]) == {"1%", "10%", "100%"}
+    assert metrics["linear_probe"]["100%"]["n_labels"] == 1257
+    assert metrics["linear_probe"]["1%"]["n_labels"] < metrics["linear_probe"]["10%"]["n_labels"] < 1257
+    assert all(p["draws"] == 1 for p in metrics["linear_probe"].values())
+    assert metrics["config"]["batch_size"] == 64 and metrics["config"]["steps"] == 3
+    first = json.loads((out / "history.json").read_text())
+    assert len(first["step_loss"]) == 3
+    printed = capsys.readouterr().out
+    assert "linear probe 10%" in printed and "kNN (k=20)" in printed
+
+    assert train(out, "simclr", "--steps", "5", "--resume") == 0
+    resumed = json.loads((out / "history.json").read_text())
+    assert len(resumed["step_loss"]) == 5
+    assert resumed["step_loss"][:3] == first["step_loss"]  # continued, not restarted
+
+
+@pytest.mark.parametrize("method", ["moco", "supcon"])
+def test_train_moco_and_supcon(tmp_path, method):
+    out = tmp_path / method
+    assert train(out, method, "--steps", "2", "--temperature", "0.3") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == method and metrics["config"]["temperature"] == 0.3
+    assert (out / "last.pt").is_file()
+
+
+def test_missing_cifar10_is_a_clear_error_with_exit_status_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CLCOURSE_DATA", str(tmp_path / "empty"))
+    status = cli.main(["train", "simclr", "--dataset", "cifar10", "--profile", "quick", "--steps", "1",
+                       "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "cifar-10-batches-py" in err and "To get them" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_requests_exit_2_with_a_message(tmp_path, monkeypatch, capsys):
+    assert cli.main(["train", "simclr", "--dataset", "stl10", "--profile", "quick", "--device", "cpu"]) == 2
+    assert "full profile only" in capsys.readouterr().err
+    assert cli.main(["train", "simclr", "--steps", "1", "--batch-size", "5000", "--profile", "quick",
+                     "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "larger than the dataset" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: a time budget cannot be shared
+    assert cli.main(["train", "simclr", "--seconds", "5"]) == 2
+    assert "--steps or --epochs" in capsys.readouterr().err
+
+
+def test_doctor_reports_every_section(capsys, tmp_path):
+    assert cli.main(["doctor", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for section in ("[versions]", "[device]", "[datasets]", "[browser test]", "[install]"):
+        assert section in out
+    for item in ("python", "torch", "torchvision", "numpy", "scikit-learn", "umap-learn", "jupyterlab",
+                 "ipywidgets", "profile", "threads", "cifar10", "stl10", "chromium", "playwright", "clcourse"):
+        assert item in out, item
+    assert f"missing at {tmp_path}" in out

@@ -1,0 +1,153 @@
+import itertools
+
+import pytest
+import torch
+
+from clcourse import recipes
+from clcourse.data import DatasetNotFoundError
+from clcourse.losses import nt_xent
+from clcourse.methods import MoCo, SimCLR, SupCon
+from clcourse.recipes import (
+    DATASETS,
+    METHODS,
+    SOURCES,
+    DistributedMethod,
+    build,
+    build_method,
+    build_optimizer,
+    fit_options,
+    get_recipe,
+    shard_rows,
+)
+
+
+@pytest.mark.parametrize("method, profile, dataset", list(itertools.product(METHODS, ("quick", "full"), DATASETS)))
+def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
+    if profile == "quick" and dataset == "stl10":
+        with pytest.raises(ValueError, match="full profile only"):
+            get_recipe(method, profile, dataset)
+        return
+    recipe = get_recipe(method, profile, dataset)
+    assert (recipe.method, recipe.profile, recipe.dataset) == (method, profile, dataset)
+    assert sum(v is not None for v in recipe.budget().values()) == 1
+    assert set(recipe.sources) <= set(SOURCES) and recipe.sources
+    assert recipe.as_dict()["sources"].keys() == set(recipe.sources)
+    assert "batch" in recipe.summary()
+
+
+def test_the_full_cifar10_recipes_follow_their_references():
+    simclr, moco, supcon = (get_recipe(m, "full", "cifar10") for m in METHODS)
+    for r in (simclr, moco, supcon):
+        assert (r.encoder, r.batch_size, r.epochs, r.optimizer) == ("resnet18_cifar", 512, 200, "sgd")
+        assert r.schedule == "cosine"
+        assert (r.knn_k, r.knn_temperature) == (200, 0.1)
+    assert simclr.lr == pytest.approx(0.24) and simclr.weight_decay == 5e-4 and simclr.temperature == 0.5
+    assert moco.lr == 0.06 and moco.temperature == 0.1 and moco.head_layers == 1
+    assert moco.method_options == dict(queue_size=4096, momentum=0.99, shuffle_bn_groups=8, symmetric=False)
+    assert supcon.lr == pytest.approx(0.25) and supcon.temperature == 0.1 and supcon.weight_decay == 1e-4
+    # Expectations are stated with "about" and their source, or say that there is none.
+    assert "about" in simclr.expected and "LightlySSL" in simclr.expected
+    assert "about" in moco.expected and "MOCO-DEMO" in moco.expected
+    assert "no published" in supcon.expected and "96.0%" in supcon.expected
+
+
+def test_default_dataset_and_auto_profile(monkeypatch):
+    monkeypatch.setenv("CLCOURSE_PROFILE", "quick")
+    assert get_recipe("simclr").dataset == "digits"
+    assert get_recipe("simclr", "auto").profile == "quick"
+    assert get_recipe("moco", "full").dataset == "cifar10"
+    with pytest.raises(ValueError, match="method must be one of"):
+        get_recipe("byol")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        get_recipe("simclr", "quick", "mnist")
+
+
+def test_override_rescales_sgd_learning_rates_and_replaces_the_budget():
+    full = get_recipe("simclr", "full", "cifar10")
+    assert full.override(batch_size=256).lr == pytest.approx(full.lr / 2)  # linear scaling rule
+    assert full.override(batch_size=256, lr=0.1).lr == 0.1  # an explicit lr wins
+    quick = get_recipe("simclr", "quick", "digits")
+    assert quick.override(batch_size=64).lr == quick.lr  # Adam: no scaling
+    short = quick.override(steps=5, seconds=None, temperature=None)
+    assert short.budget() == {"epochs": None, "steps": 5, "seconds": None}
+    assert short.temperature == quick.temperature
+    assert fit_options(short) == dict(schedule="cosine", warmup=0.0, steps=5)
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        quick.override(learning_rate=1.0)
+    with pytest.raises(ValueError, match="steps must be > 0"):
+        quick.override(steps=0)
+
+
+def test_build_is_reproducible_and_matches_the_recipe():
+    recipe = get_recipe("simclr", "quick", "digits").override(batch_size=32)
+    method, loader, eval_train, eval_test = build(recipe, "cpu")
+    again, loader2, _, _ = build(recipe, "cpu")
+    assert isinstance(method, SimCLR) and method.temperature == 0.5
+    assert (len(eval_train), len(eval_test)) == (1257, 540)
+    views, labels = next(iter(loader))
+    assert len(views) == 2 and views[0].shape == (32, 1, 16, 16) and labels.shape == (32,)
+    assert all(torch.equal(a, b) for a, b in zip(method.state_dict().values(), again.state_dict().values()))
+    assert torch.equal(next(iter(loader2))[0][1], views[1])
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_process_shares_are_the_rows_of_the_one_process_batch(world):
+    recipe = get_recipe("supcon", "quick", "digits").override(batch_size=16)
+    _, loader, _, _ = build(recipe, "cpu")
+    views, labels = next(iter(loader))
+    for rank in range(world):
+        _, shard_loader, _, _ = build(recipe, "cpu", rank=rank, world_size=world)
+        shard_views, shard_labels = next(iter(shard_loader))
+        rows = shard_rows(16, rank, world)
+        assert torch.equal(shard_labels, labels[rows])
+        for full_view, shard_view in zip(views, shard_views):
+            assert torch.allclose(shard_view, full_view[rows], atol=1e-6)
+    assert len(shard_loader) == len(loader)
+
+
+def test_shard_rows_needs_equal_shares():
+    assert shard_rows(12, 1, 3) == slice(4, 8)
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        shard_rows(10, 0, 3)
+
+
+def test_methods_and_optimizers_of_the_recipes():
+    moco = get_recipe("moco", "quick", "digits")
+    method = build_method(moco)
+    assert isinstance(method, MoCo) and method.queue.shape[0] == 1024
+    optimizer = build_optimizer(moco, method)
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable  # no key encoder
+    full = get_recipe("supcon", "full", "cifar10")
+    optimizer = build_optimizer(full, build_method(full))
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["weight_decay"] == 1e-4
+    assert isinstance(build_method(get_recipe("supcon", "quick", "shapes")), SupCon)
+    stl = build_method(get_recipe("simclr", "full", "stl10"))
+    assert stl.encoder(torch.rand(2, 3, 96, 96)).shape == (2, 512)
+
+
+def test_shapes_build_trims_to_the_recipe_sizes():
+    recipe = get_recipe("simclr", "quick", "shapes").override(train_size=64, test_size=32, batch_size=32)
+    _, loader, eval_train, eval_test = build(recipe, "cpu")
+    assert (len(eval_train), len(eval_test)) == (64, 32)
+    assert next(iter(loader))[0][0].shape == (32, 3, 32, 32)
+
+
+def test_missing_cifar10_raises_the_clear_error(tmp_path):
+    recipe = get_recipe("simclr", "quick", "cifar10")
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):
+        build(recipe, "cpu", root=tmp_path)
+
+
+def test_distributed_method_needs_a_process_group():
+    method = build_method(get_recipe("simclr", "quick", "digits"))
+    with pytest.raises(ValueError, match="process group"):
+        DistributedMethod(method, "cpu")
+    assert SimCLR.loss_fn is nt_xent  # the hook the distributed wrapper swaps
+
+
+def test_images_per_second():
+    recipe = get_recipe("simclr", "quick", "digits")
+    assert recipes.images_per_second(recipe, steps=10, seconds=5.0) == pytest.approx(10 * 256 * 2 / 5)
