@@ -1,0 +1,1 @@
+"""Helpers of individual lessons: experiment code too long for a notebook cell, one module per lesson."""
