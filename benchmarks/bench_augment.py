@@ -28,10 +28,13 @@ from clcourse.augment import BatchedAugment, digits_transform, simclr_transform
 OFF = dict(crop_scale=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.0)
 
 
+CLOCK = time.perf_counter  # --clock cpu: process CPU time, steadier on a busy shared machine (1 thread)
+
+
 def seconds(fn) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def compare(per_sample, batched: BatchedAugment, images: torch.Tensor, batch_size: int, repeats: int):
@@ -60,7 +63,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--images", type=int, default=1024, help="images per per-sample timing")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: time by process CPU time (meaningful with --threads 1 only)")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rgb = torch.rand(args.images, 3, 32, 32)
@@ -69,7 +76,8 @@ def main() -> None:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}), load average {load:.1f}, batch {bs}\n")
+          f"({platform.processor() or platform.machine()}), load average {load:.1f}, batch {bs}, "
+          f"{args.clock} clock\n")
 
     cases = [  # (name, images, per-sample transform, batched augment): same settings on both sides
         ("SimCLR, 32x32 RGB, blur p=0.5", rgb, simclr_transform(32, blur_p=0.5), BatchedAugment.simclr(32)),
