@@ -8,7 +8,8 @@ positive (same identity) than to a negative (another identity) by at least a mar
 Most triplets soon satisfy the margin and cost nothing, so *which* triplets are used decides
 what is learned; they are mined inside each batch with :func:`clcourse.losses.mine_triplets`:
 
-- "all": every valid triplet (easy ones, with zero loss, included in the mean);
+- "all": every valid triplet (easy ones, with zero loss, included in the mean), computed from
+  the distance matrix without listing the O(B^3) triplets (`all_triplets_loss`);
 - "semi-hard" ([1], section 3.2): for every positive pair, the nearest negative that is
   farther than the positive but inside the margin;
 - "hard": batch-hard (Hermans et al. [2]): per anchor, its farthest positive and its nearest
@@ -58,7 +59,8 @@ class TripletStats:
         zero_loss_fraction: fraction of *all* valid triplets of the batch that already satisfy
             the margin, d(a, n) >= d(a, p) + m (a measure of how much of the batch is "easy";
             0 when the embedding has collapsed to a point, where every triplet costs m).
-        mean_distance: mean distance between the batch's embeddings (0 at collapse).
+        mean_distance: `spread` of the batch's embeddings, their mean Euclidean distance on the
+            unit sphere (0 at collapse).
     """
 
     loss: float
@@ -71,14 +73,54 @@ def pairwise_distance(z: torch.Tensor, distance: str = "euclidean") -> torch.Ten
     """Distances between the L2-normalised rows of z [M, D] -> [M, M], as in `triplet_margin`.
 
     "euclidean": |a - b| on the unit sphere, in [0, 2]; "cosine": 1 - cos(a, b), in [0, 2].
+    Computed in float32 at least (float64 stays float64). Differentiable: coincident points
+    (distance 0, where the square root has no derivative) get a zero gradient.
     """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    x = F.normalize(z.float(), dim=1)
+    x = F.normalize(z.double() if z.dtype == torch.float64 else z.float(), dim=1)
     cos = x @ x.t()
     if distance == "euclidean":
-        return (2.0 - 2.0 * cos).clamp(min=0.0).sqrt()
+        # clamp's gradient is 0 below its minimum, so sqrt's infinite slope at 0 never propagates
+        return (2.0 - 2.0 * cos).clamp(min=1e-12).sqrt()
     return 1.0 - cos
+
+
+def all_triplets_loss(z: torch.Tensor, ids: torch.Tensor, margin: float, distance: str = "euclidean") -> torch.Tensor:
+    """Mean triplet loss over every valid triplet of a batch, without listing the triplets.
+
+    Shapes: z [M, D], ids [M] integer; returns a scalar. The same value (up to rounding) as
+    ``triplet_margin(z[a], z[p], z[n], margin)`` on ``mine_triplets(z, ids, "all")`` [1], but
+    from one [M, M] distance matrix: gathering the O(M^3) triplets as [T, D] rows costs
+    hundreds of MB at M = 512. Zero when the batch has no valid triplet.
+    """
+    dist = pairwise_distance(z, distance)
+    same = ids.unsqueeze(0) == ids.unsqueeze(1)
+    eye = torch.eye(len(ids), dtype=torch.bool, device=z.device)
+    neg_mask = ~same
+    a, p = (same & ~eye).nonzero(as_tuple=True)
+    neg = neg_mask[a]  # [P, M]: the negatives of each positive pair's anchor
+    if not neg.any():
+        return z.sum() * 0.0
+    # index_select and gather rather than dist[a], dist[a, p]: on the CPU their backward sums
+    # repeated indices in a fixed order, so training is reproducible run to run.
+    rows = dist.index_select(0, a)  # [P, M]: d(a, .) for every positive pair
+    d_ap = rows.gather(1, p.unsqueeze(1))  # [P, 1]
+    violation = (d_ap - rows + margin).masked_fill(~neg, 0.0)
+    return F.relu(violation).sum() / neg.sum()
+
+
+@torch.no_grad()
+def spread(z: torch.Tensor) -> float:
+    """Mean Euclidean distance between the L2-normalised rows of z [M, D], over all pairs i < j.
+
+    About sqrt(2) = 1.41 for random directions in many dimensions, 0 when every row points the
+    same way (a collapsed embedding). Computed from the differences themselves (`F.pdist`), so it
+    stays accurate for nearly coincident points, where sqrt(2 - 2 cos) loses all its digits.
+    """
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"z must be [M, D] with M >= 2, got {list(z.shape)}")
+    return float(F.pdist(F.normalize(z.float(), dim=1)).mean())
 
 
 @torch.no_grad()
@@ -109,6 +151,13 @@ def zero_loss_fraction(z: torch.Tensor, ids: torch.Tensor, margin: float, distan
     if total == 0:
         return float("nan")
     return float(1.0 - n_active.sum() / total)
+
+
+def _count_valid(ids: torch.Tensor) -> int:
+    """Number of valid triplets (a, p, n) among labels ids [M]."""
+    same = ids.unsqueeze(0) == ids.unsqueeze(1)
+    n_pos = same.sum(dim=1) - 1
+    return int((n_pos * (~same).sum(dim=1)).sum())
 
 
 class Triplet(nn.Module):
@@ -194,16 +243,23 @@ class Triplet(nn.Module):
         # One forward pass over all views keeps batch-norm statistics shared, as SimCLR does.
         z = self.project(torch.cat(views))  # [V*B, D], view-major
         ids = self.view_ids(labels, n, v, z.device)
-        a, p, neg = mine_triplets(z.detach(), ids, self.strategy, self.margin, distance=self.distance)
-        loss = triplet_margin(z[a], z[p], z[neg], self.margin, distance=self.distance)
+        if self.strategy == "all":
+            loss, mined = all_triplets_loss(z, ids, self.margin, self.distance), None
+        else:
+            a, p, neg = mine_triplets(z.detach(), ids, self.strategy, self.margin, distance=self.distance)
+            # index_select, not z[a]: the backward of advanced indexing accumulates repeated indices
+            # in a thread-dependent order on the CPU, which made runs differ in the last bits.
+            anchor, positive, negative = (z.index_select(0, i) for i in (a, p, neg))
+            loss = triplet_margin(anchor, positive, negative, self.margin, distance=self.distance)
+            mined = len(a)
         if self.training:
             with torch.no_grad():
                 self.stats.append(
                     TripletStats(
                         loss=float(loss),
-                        mined=len(a),
+                        mined=mined if mined is not None else _count_valid(ids),
                         zero_loss_fraction=zero_loss_fraction(z.detach(), ids, self.margin, self.distance),
-                        mean_distance=float(pairwise_distance(z.detach(), self.distance).mean()),
+                        mean_distance=spread(z.detach()),
                     )
                 )
         return loss
