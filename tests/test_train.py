@@ -131,3 +131,29 @@ def test_cosine_schedule_with_warmup():
 def test_history_round_trip():
     h = History(step_loss=[1.0], step_lr=[0.1], step_time=[0.5], epoch_loss=[1.0], images_per_second=[10.0])
     assert History.from_dict(h.as_dict()) == h
+
+
+class ConvClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten(), nn.Linear(8, 2))
+
+    def training_step(self, batch):
+        (x,), y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+
+def test_channels_last_stores_conv_weights_nhwc_and_trains_the_same():
+    g = torch.Generator().manual_seed(0)
+    batches = [([torch.randn(8, 3, 10, 10, generator=g)], torch.randint(0, 2, (8,), generator=g)) for _ in range(4)]
+    runs = {}
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = ConvClassifier()
+        runs[channels_last] = (model, fit(model, batches, epochs=2, device="cpu", progress=False,
+                                          channels_last=channels_last))
+    conv = runs[True][0].net[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert runs[False][0].net[0].weight.is_contiguous()
+    torch.testing.assert_close(runs[True][1].step_loss, runs[False][1].step_loss, atol=1e-5, rtol=1e-5)
