@@ -260,8 +260,12 @@ WRONG = {
 
 
 def test_wrong_answers_cover_every_task():
-    assert sorted(WRONG) == sorted(t.id for t in tasks())
+    """Lessons 01-05 list their wrong answers here; later lessons in tests/test_grading_lessonNN.py."""
+    assert sorted(WRONG) == sorted(t.id for t in tasks() if int(t.lesson) <= 5)
     assert all(len(wrong) >= 3 for wrong in WRONG.values())
+    later = {t.lesson for t in tasks() if int(t.lesson) > 5}
+    missing = [n for n in later if not list(Path(__file__).parent.glob(f"test_grading_lesson{n}*.py"))]
+    assert not missing, f"no tests/test_grading_lessonNN.py for lessons {missing}"
 
 
 @pytest.mark.parametrize("task_id, answer, mistake",

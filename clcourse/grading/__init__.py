@@ -21,6 +21,9 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson03_ntxent,
     lesson04_infonce,
     lesson05_triplet,
+    lesson06_simclr,
+    lesson07_moco,
+    lesson11_supcon,
 )
 
 __all__ = ["CheckResult", "Task", "check", "evaluate", "tasks"]
