@@ -1,0 +1,257 @@
+"""Lesson 03 helpers: SimCLR trained at several NT-Xent temperatures side by side, and what each learned.
+
+`TemperatureSweep` trains one SimCLR model [1] per temperature *in lockstep*: every model starts
+from the same initial weights and sees the same batches and the same augmentations, so the
+temperature is the only difference between them (and a time budget gives each model the same
+number of steps).
+
+`fit_circle_head` then fits a small head with a 2-D output on a trained encoder's frozen features,
+with NT-Xent at that encoder's temperature: its normalised outputs lie on the circle S^1, which is
+how Wang & Isola [2] draw what the loss does to a distribution of features (they trained whole
+encoders with 2-D outputs; a head on frozen features costs a second instead of a training run).
+
+`measure` evaluates one model: alignment and uniformity [2] and tolerance [3] of its projections,
+linear-probe and kNN accuracy of its encoder's features, a UMAP of them, and its circle.
+
+[1] Chen et al., A Simple Framework for Contrastive Learning of Visual Representations (SimCLR), ICML 2020.
+[2] Wang & Isola, Understanding Contrastive Representation Learning through Alignment and Uniformity
+    on the Hypersphere, ICML 2020.
+[3] Wang & Liu, Understanding the Behaviour of Contrastive Loss, CVPR 2021.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clcourse.data import ImageData
+from clcourse.encoders import ProjectionHead
+from clcourse.evaluate import alignment_uniformity, extract_features, knn_accuracy, linear_probe
+from clcourse.losses import nt_xent
+from clcourse.methods.simclr import SimCLR
+from clcourse.viz.temperature import TemperatureResult
+
+__all__ = ["TemperatureSweep", "fit_circle_head", "tolerance", "measure", "results_table"]
+
+
+class TemperatureSweep(nn.Module):
+    """SimCLR models that differ only in their NT-Xent temperature, trained in lockstep [1].
+
+    Args:
+        encoder: the encoder all models start from (copied, so all begin with the same weights);
+            maps [B, C, H, W] to [B, encoder.out_dim].
+        temperatures: one model per temperature, t > 0, distinct.
+        projection_dim: output size of SimCLR's projection head.
+
+    Attributes:
+        temperatures: the temperatures, in the given order.
+        models: ``nn.ModuleList`` of :class:`~clcourse.methods.simclr.SimCLR`, one per temperature.
+        losses: temperature -> the NT-Xent loss of that model at every training step.
+
+    A batch is ``(views, labels)`` with two views [B, C, H, W]; labels are ignored. ``training_step``
+    returns the sum of the models' losses: the models share no parameter, so each receives exactly
+    the gradient of its own loss, as if it were trained alone on the same batches.
+    """
+
+    def __init__(self, encoder: nn.Module, temperatures: Sequence[float], projection_dim: int = 128) -> None:
+        super().__init__()
+        temperatures = [float(t) for t in temperatures]
+        if not temperatures or min(temperatures) <= 0 or len(set(temperatures)) != len(temperatures):
+            raise ValueError(f"temperatures must be distinct numbers > 0, got {temperatures}")
+        self.temperatures = temperatures
+        template = SimCLR(encoder, projection_dim=projection_dim, temperature=temperatures[0])
+        self.models = nn.ModuleList()
+        for t in temperatures:
+            model = copy.deepcopy(template)
+            model.temperature = t
+            self.models.append(model)
+        self.losses: dict[float, list[float]] = {t: [] for t in temperatures}
+
+    def model(self, temperature: float) -> SimCLR:
+        """The SimCLR model trained at ``temperature``."""
+        for t, model in zip(self.temperatures, self.models):
+            if abs(t - temperature) <= 1e-9 * t:
+                return model
+        raise ValueError(f"no model was trained at temperature {temperature!r}; there are {self.temperatures}")
+
+    def training_step(self, batch) -> Tensor:
+        """Sum over the models of each one's NT-Xent on the same two views [B, C, H, W]."""
+        views, _ = batch
+        if len(views) != 2:
+            raise ValueError(f"TemperatureSweep expects 2 views per image, got {len(views)}")
+        x = torch.cat(list(views))
+        total = 0.0
+        for t, model in zip(self.temperatures, self.models):
+            z1, z2 = model.project(x).chunk(2)  # one pass over both views, as SimCLR does
+            loss = nt_xent(z1, z2, t)
+            total = total + loss
+            self.losses[t].append(loss.item())
+        return total
+
+
+def fit_circle_head(
+    encoder: nn.Module,
+    data: ImageData,
+    augment: Callable[..., Tensor],
+    temperature: float,
+    *,
+    views: int = 8,
+    steps: int = 500,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
+    """Fit a head with a 2-D output on a frozen encoder with NT-Xent at ``temperature`` (for drawing on S^1 [2]).
+
+    Args:
+        encoder: maps [B, C, H, W] to [B, D]; frozen (eval mode, no gradient).
+        data: the images [N, C, H, W] the encoder was trained on.
+        augment: ``augment(x, generator=g)``, the training augmentation.
+        views: augmented views of every image, encoded once; each step pairs two different ones.
+        steps, batch_size, lr: Adam steps over batches of ``batch_size`` pairs.
+        seed: seeds the views, the batches and the head's initial weights.
+
+    Returns:
+        the head ([B, D] -> [B, 2], a 2-layer MLP with batch norm, in eval mode) on the encoder's device.
+        Its L2-normalised outputs are points on the circle S^1, arranged by NT-Xent at ``temperature``
+        given the features this encoder learned.
+    """
+    if views < 2:
+        raise ValueError(f"views must be >= 2 (a positive pair needs two), got {views}")
+    device = next(encoder.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        images = data.images.to(device)
+        features = torch.stack([_encode(encoder, augment(images, generator=generator)) for _ in range(views)])
+    encoder.train(was_training)
+    n = features.shape[1]
+    batch_size = min(batch_size, n)
+    with torch.random.fork_rng(devices=[]):  # the head's initial weights, without touching the global RNG
+        torch.manual_seed(seed)
+        head = ProjectionHead(features.shape[2], hidden_dim=128, out_dim=2).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    with torch.enable_grad():  # also when called under no_grad, as `measure` is
+        for _ in range(steps):
+            index = torch.randperm(n, generator=generator)[:batch_size].to(device)
+            first = torch.randint(0, views, (batch_size,), generator=generator)
+            second = (first + torch.randint(1, views, (batch_size,), generator=generator)) % views  # never first
+            pairs = features[first.to(device), index], features[second.to(device), index]
+            loss = nt_xent(head(pairs[0]), head(pairs[1]), temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return head.eval()
+
+
+def _encode(encoder: nn.Module, images: Tensor, batch_size: int = 1024) -> Tensor:
+    return torch.cat([encoder(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def tolerance(z: Tensor, labels: Tensor) -> float:
+    """Tolerance (Wang & Liu [3]): mean cosine similarity of two different samples of the same class.
+
+    Args:
+        z: [N, D] embeddings (normalised inside).
+        labels: [N] integer class labels; at least one class must have two samples.
+
+    Returns:
+        a float in [-1, 1]: high when the loss leaves semantically similar samples close together,
+        low when it pushes them apart like any other negative.
+    """
+    if z.ndim != 2 or labels.shape != (z.shape[0],):
+        raise ValueError(f"z must be [N, D] and labels [N], got {list(z.shape)} and {list(labels.shape)}")
+    zn = F.normalize(z.float(), dim=1)
+    labels = labels.to(zn.device)
+    same = labels[:, None] == labels[None, :]
+    same.fill_diagonal_(False)
+    if not same.any():
+        raise ValueError("tolerance needs at least one class with two samples")
+    return float((zn @ zn.T)[same].mean())
+
+
+@torch.no_grad()
+def measure(
+    sweep: TemperatureSweep,
+    temperature: float,
+    train: ImageData,
+    test: ImageData,
+    augment: Callable[..., Tensor],
+    *,
+    seed: int = 0,
+    label_fraction: float = 0.1,
+    max_points: int = 2000,
+    umap: bool = True,
+    circle_steps: int = 500,
+) -> TemperatureResult:
+    """Evaluate the model of ``sweep`` trained at ``temperature``.
+
+    Args:
+        train, test: images [N, C, H, W] with labels; probes fit on ``train``, everything is measured on ``test``.
+        augment: ``augment(x, generator=g)`` making the two views for alignment (as in training).
+        seed: seeds the views, so every temperature is measured on the same views.
+        label_fraction: the linear probe's share of training labels (3 draws averaged).
+        max_points: alignment, uniformity, tolerance, the circle and UMAP use at most this many test
+            images (a fixed random subset): uniformity's pairwise terms grow as N^2.
+        umap: fit a UMAP of the test features (seconds; the first fit in a process also compiles).
+        circle_steps: training steps of the 2-D head (:func:`fit_circle_head`) whose outputs give the circle.
+
+    Returns:
+        a :class:`~clcourse.viz.temperature.TemperatureResult`. Alignment, uniformity and tolerance are
+        measured on the projections z = g(f(x)), the space where the loss and its temperature act [2, 3];
+        accuracies and UMAP on the encoder's features f(x), the representation one keeps [1].
+    """
+    model = sweep.model(temperature)
+    model.eval()
+    circle = fit_circle_head(model.encoder, train, augment, temperature, seed=seed, steps=circle_steps)
+    device = next(model.parameters()).device
+    train_x, train_y = extract_features(model.encoder, train)
+    test_x, test_y = extract_features(model.encoder, test)
+    probe = linear_probe(train_x, train_y, test_x, test_y, label_fraction=label_fraction)
+    knn = knn_accuracy(train_x, train_y, test_x, test_y)
+
+    generator = torch.Generator().manual_seed(seed)
+    subset = torch.randperm(len(test_x), generator=generator)[:max_points].sort().values
+    images, labels = test.images[subset].to(device), test_y[subset]
+    view1, view2 = augment(images, generator=generator), augment(images, generator=generator)
+    geometry = alignment_uniformity(model.project(view1), model.project(view2))
+    tol = tolerance(model.project(images), labels)
+    features = test_x[subset]
+    on_circle = F.normalize(circle(features.to(device)).float(), dim=1).cpu().numpy()
+    if umap:
+        from clcourse.viz.projection import umap_2d
+
+        xy = umap_2d(features, seed=seed)
+    else:
+        xy = np.zeros((len(features), 2), dtype=np.float32)
+    return TemperatureResult(
+        temperature=float(temperature),
+        labels=labels.cpu().numpy(),
+        umap=xy,
+        circle=on_circle,
+        alignment=geometry["alignment"],
+        uniformity=geometry["uniformity"],
+        tolerance=tol,
+        linear_probe=probe.mean,
+        knn=knn,
+    )
+
+
+def results_table(results: Sequence[TemperatureResult], final_loss: dict[float, float] | None = None) -> str:
+    """A fixed-width table of the measurements, one row per temperature (accuracies in %)."""
+    header = f"{'t':>5} | {'loss':>6} | {'alignment':>9} | {'uniformity':>10} | {'tolerance':>9} | {'probe':>6} | {'kNN':>6}"
+    lines = [header, "-" * len(header)]
+    for r in sorted(results, key=lambda r: r.temperature):
+        loss = f"{final_loss[r.temperature]:6.3f}" if final_loss and r.temperature in final_loss else f"{'':>6}"
+        lines.append(
+            f"{r.temperature:>5g} | {loss} | {r.alignment:9.3f} | {r.uniformity:10.3f} | {r.tolerance:9.3f} | "
+            f"{100 * r.linear_probe:5.1f}% | {100 * r.knn:5.1f}%"
+        )
+    return "\n".join(lines)
