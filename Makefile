@@ -26,6 +26,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --port=$(PORT) --ServerApp.root_dir=. $(ROOT_FLAG) notebooks/00_welcome.ipynb
 
 test: $(STAMP)
+	sh tests/install_browser.sh
 	CLCOURSE_PROFILE=quick $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: $(STAMP)

@@ -1,0 +1,250 @@
+"""Lesson 03's temperature explorer in a real browser: JupyterLab driven by Chromium through Playwright.
+
+What it proves that the unit tests cannot: the notebook runs top to bottom in JupyterLab, the widget
+renders, a keyboard on the slider reaches the kernel's callback, and the picture on screen changes.
+
+It starts JupyterLab on a free localhost port with throw-away config/data/runtime/settings/workspace
+folders, serving a *copy* of notebooks/ (autosave would otherwise write outputs into the repository),
+opens lesson 03, runs all cells (CLCOURSE_PROFILE=quick; about 2 minutes on 2 idle cores), scrolls to
+the explorer, presses ArrowRight five times on the slider handle, waits for the exact final status
+text and compares the figure before and after. Screenshots go to $CLCOURSE_BROWSER_ARTIFACTS or, by
+default, to pytest's tmp_path; the path is printed (see it with pytest -s).
+
+Needs Debian's Chromium (tests/install_browser.sh) and the playwright package; never
+`playwright install` (it downloads a browser). Skips with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("CLCOURSE_CHROMIUM", "/usr/bin/chromium"))
+# Quiet and working as root on a closed network; Playwright adds --headless and its own user data dir.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+NOTEBOOK = "03_ntxent_temperature.ipynb"
+RUN_TIMEOUT_S = float(os.environ.get("CLCOURSE_BROWSER_RUN_TIMEOUT", "1500"))  # generous: a busy machine is slow
+PRESSES = 5
+
+
+def _skip_reason() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    if not CHROMIUM.is_file() or not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM}: run tests/install_browser.sh (Debian: apt-get install chromium)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_settings(settings: Path) -> None:
+    def write(plugin: str, values: dict) -> None:
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+
+    write("@jupyterlab/apputils-extension/notification", {"fetchNews": "false"})  # no news pop-up over the page
+    write("@jupyterlab/notebook-extension/tracker", {"windowingMode": "none"})  # every cell in the DOM
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on a copy of notebooks/; yields (base url, token). Stopped with SIGTERM."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path / "root"
+    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    env = dict(os.environ, CLCOURSE_PROFILE="quick", PYTHONUNBUFFERED="1")
+    for var, name in [
+        ("JUPYTER_CONFIG_DIR", "config"),
+        ("JUPYTER_DATA_DIR", "data"),
+        ("JUPYTER_RUNTIME_DIR", "runtime"),
+        ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"),
+        ("JUPYTERLAB_SETTINGS_DIR", "settings"),
+        ("IPYTHONDIR", "ipython"),
+    ]:
+        env[var] = str(tmp_path / name)
+        (tmp_path / name).mkdir()
+    _write_settings(tmp_path / "settings")
+    port, token = _free_port(), secrets.token_hex(16)
+    command = [
+        sys.executable, "-m", "jupyter", "lab", "--no-browser",
+        "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")
+    log_path = tmp_path / "jupyterlab.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_ready(base, token, server, log_path)
+        yield base, token
+    finally:
+        server.send_signal(signal.SIGTERM)  # also ends its kernels
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _wait_until_ready(base: str, token: str, server: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    request = urllib.request.Request(f"{base}/api/status", headers={"Authorization": f"token {token}"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"JupyterLab exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"JupyterLab did not answer /api/status within {timeout} s:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def artifacts(tmp_path) -> Path:
+    folder = Path(os.environ.get("CLCOURSE_BROWSER_ARTIFACTS", tmp_path / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser test screenshots: {folder}")
+    return folder
+
+
+# JavaScript run in the page, against the app that --LabApp.expose_app_in_browser exposes.
+KERNEL_IDLE = """() => {
+    const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const kernel = panel && panel.sessionContext && panel.sessionContext.session
+        && panel.sessionContext.session.kernel;
+    return !!kernel && kernel.status === 'idle' && !!panel.content;
+}"""
+RUN_STATE = """() => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    const cells = panel.content.widgets.filter(cell => cell.model.type === 'code');
+    const errors = [];
+    cells.forEach((cell, i) => {
+        const outputs = cell.model.outputs;
+        for (let k = 0; k < outputs.length; k++) {
+            const out = outputs.get(k).toJSON();
+            if (out.output_type === 'error') errors.push(`code cell ${i}: ${out.ename}: ${out.evalue}`);
+        }
+    });
+    return {
+        executed: cells.filter(cell => cell.model.executionCount !== null).length,
+        total: cells.length,
+        errors: errors,
+        idle: panel.sessionContext.session.kernel.status === 'idle',
+    };
+}"""
+SCROLL_TO_EXPLORER = """() => {
+    const notebook = window.jupyterapp.shell.currentWidget.content;
+    const index = notebook.widgets.findIndex(cell => cell.model.sharedModel.getSource().includes('TemperatureExplorer(results'));
+    if (index < 0) return false;
+    notebook.activeCellIndex = index;
+    notebook.widgets[index].node.scrollIntoView({block: 'start'});
+    return true;
+}"""
+
+
+def _run_all_cells(page) -> None:
+    page.wait_for_function(KERNEL_IDLE, timeout=180_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    state = page.evaluate(RUN_STATE)
+    time.sleep(3)  # let the first cell start before "idle" can mean "finished"
+    while time.monotonic() < deadline:
+        state = page.evaluate(RUN_STATE)
+        if state["errors"]:
+            pytest.fail("the notebook raised in JupyterLab:\n" + "\n".join(state["errors"]))
+        if state["executed"] == state["total"] and state["idle"]:
+            return
+        time.sleep(2)
+    pytest.fail(f"the notebook did not finish within {RUN_TIMEOUT_S:.0f} s: {state}")
+
+
+def test_temperature_slider_redraws_the_explorer(lab, artifacts):
+    from playwright.sync_api import expect, sync_playwright
+
+    from clcourse.viz.temperature import DEFAULT_TEMPERATURES, nearest_temperature, status_text
+
+    base, token = lab
+    trained = (0.05, 0.1, 0.3, 1.0)  # what the lesson trains
+    start = 0.1  # the explorer's first temperature
+    final = DEFAULT_TEMPERATURES[DEFAULT_TEMPERATURES.index(start) + PRESSES]
+    first_text, final_text = status_text(start, start), status_text(final, nearest_temperature(final, trained))
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        try:
+            page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK}?token={token}", timeout=120_000)
+            _run_all_cells(page)
+            assert page.evaluate(SCROLL_TO_EXPLORER), "no cell builds the TemperatureExplorer"
+
+            slider = page.locator(".widget-hslider").filter(
+                has=page.locator(".widget-label", has_text="temperature")
+            )
+            expect(slider).to_have_count(1)
+            explorer = page.locator(".widget-vbox").filter(has=slider).last
+            status = explorer.get_by_text("drawn: temperature")
+            picture = explorer.locator(".jp-OutputArea-output img")
+            explorer.scroll_into_view_if_needed()
+            expect(status).to_have_text(first_text, timeout=60_000)
+            expect(picture).to_have_count(1)
+            src_before = picture.get_attribute("src")
+            explorer.screenshot(path=str(artifacts / "explorer_before.png"))
+
+            handle = slider.locator(".noUi-handle")
+            handle.focus()
+            for _ in range(PRESSES):
+                page.keyboard.press("ArrowRight")
+                page.wait_for_timeout(150)
+            expect(status).to_have_text(final_text, timeout=120_000)  # exact text: not just "changed"
+            expect(slider.locator(".widget-readout")).to_have_text(f"{final:g}")
+            explorer.scroll_into_view_if_needed()
+            src_after = picture.get_attribute("src")
+            explorer.screenshot(path=str(artifacts / "explorer_after.png"))
+        except Exception:
+            page.screenshot(path=str(artifacts / "failure.png"), full_page=False)
+            raise
+        finally:
+            browser.close()
+
+    assert src_before and src_before.startswith("data:image/png")
+    assert src_after != src_before, "the explorer's picture did not change after the slider moved"
+    before = (artifacts / "explorer_before.png").read_bytes()
+    after = (artifacts / "explorer_after.png").read_bytes()
+    assert before != after, "the screenshots before and after the slider moved are identical"
