@@ -12,6 +12,8 @@ configurations alternate repeat by repeat so that clock and thermal drift hit th
 Prints a markdown table with images per second, peak GPU memory and the ratio to float32.
 
     python benchmarks/bench_simclr_throughput.py [--batch-size 512] [--steps 40] [--repeats 3]
+
+Without a GPU it says so and measures nothing, unless ``--allow-cpu``.
 """
 
 from __future__ import annotations
@@ -67,9 +69,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=8192)
+    parser.add_argument("--allow-cpu", action="store_true",
+                        help="run without a GPU too (hours at the default sizes; use tiny ones to try the script)")
     args = parser.parse_args()
 
     device = get_device()
+    if device.type == "cpu" and not args.allow_cpu:
+        print("bench_simclr_throughput: no GPU here, nothing measured (the full profile's model is for GPUs; "
+              "--allow-cpu with e.g. --batch-size 16 --steps 2 runs it anyway)")
+        return
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type} ({torch.get_num_threads()} threads)"
     torch.backends.cudnn.benchmark = True
     data = make_shapes(args.images, image_size=32, seed=0)

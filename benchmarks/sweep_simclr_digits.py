@@ -1,0 +1,76 @@
+"""One row of the SimCLR-on-digits settings search recorded in benchmarks/README.md.
+
+Trains `bench_simclr_digits.py`'s model for a fixed number of steps with the settings given on the
+command line, then prints the linear-probe accuracy at 1% and 10% of the labels (10 label draws),
+with the features standardised on the labelled images (the course's `linear_probe`), on all
+training images (no labels needed), or L2-normalised.
+
+    .venv/bin/python benchmarks/sweep_simclr_digits.py steps=480 t=0.5 crop=0.5 rot=15 width=32 bs=256 lr=2e-3
+
+Not part of `make bench`: each row takes one to several minutes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from clcourse.augment import BatchedAugment
+from clcourse.data import ViewLoader, load_digits
+from clcourse.device import seed_everything
+from clcourse.encoders import SmallCNN
+from clcourse.evaluate import extract_features, sample_labelled
+from clcourse.methods import SimCLR
+from clcourse.train import fit
+
+DEFAULTS = dict(steps=480, t=0.5, crop=0.5, rot=15.0, width=32, bs=256, lr=2e-3)
+
+
+def probe(ftr, ytr, fte, yte, fraction: float, scaling: str, C: float, draws: int = 10) -> float:
+    """Mean test accuracy (%) of logistic regression over ``draws`` stratified label draws."""
+    accuracies = []
+    for seed in range(draws):
+        idx = sample_labelled(ytr, fraction=fraction, seed=seed)
+        if scaling == "l2":
+            a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (ftr[idx], fte))
+        else:
+            scaler = StandardScaler().fit(ftr[idx] if scaling == "labelled" else ftr)
+            a, b = scaler.transform(ftr[idx]), scaler.transform(fte)
+        clf = LogisticRegression(C=C, max_iter=3000).fit(a, ytr[idx])
+        accuracies.append((clf.predict(b) == yte).mean())
+    return 100 * float(np.mean(accuracies))
+
+
+def main() -> None:
+    settings = dict(DEFAULTS)
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        if key not in DEFAULTS:
+            raise SystemExit(f"unknown setting {key!r}; known: {', '.join(DEFAULTS)}")
+        settings[key] = type(DEFAULTS[key])(value)
+    torch.set_num_threads(2)
+    train, test = load_digits(16, split="train"), load_digits(16, split="test")
+    seed_everything(0)
+    model = SimCLR(SmallCNN(1, width=settings["width"], out_dim=128), projection_dim=128, temperature=settings["t"])
+    augment = BatchedAugment.digits(16, crop_scale=(settings["crop"], 1.0), rotation_degrees=settings["rot"])
+    loader = ViewLoader(train, augment, batch_size=settings["bs"], seed=0, device="cpu")
+    start = time.perf_counter()
+    history = fit(model, loader, steps=settings["steps"], lr=settings["lr"], schedule="cosine", device="cpu",
+                  progress=False)
+    print(f"{settings}: {history.steps} steps in {time.perf_counter() - start:.0f} s")
+    ftr, ytr = (t.numpy() for t in extract_features(model.encoder, train))
+    fte, yte = (t.numpy() for t in extract_features(model.encoder, test))
+    names = {"labelled": "standardised on the labelled images", "all": "standardised on all training images",
+             "l2": "L2-normalised"}
+    for scaling, C in [("labelled", 1.0), ("all", 1.0), ("l2", 100.0)]:
+        print(f"  {names[scaling]:<36} C={C:<4g} 1%: {probe(ftr, ytr, fte, yte, 0.01, scaling, C):5.1f}%"
+              f"  10%: {probe(ftr, ytr, fte, yte, 0.1, scaling, C):5.1f}%")
+
+
+if __name__ == "__main__":
+    main()
