@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from clcourse.train import lr_at
+from clcourse.train import PROGRESS_INTERVAL_S, lr_at
 
 __all__ = ["Classifier", "accuracy", "fine_tune", "train_supervised"]
 
@@ -258,7 +258,8 @@ def _train_classifier(
     generator = torch.Generator().manual_seed(seed)
     labels = labels.long()
     model.train()
-    for step in tqdm(range(steps), disable=not progress, desc="fine-tune" if not reset else "supervised"):
+    for step in tqdm(range(steps), disable=not progress, desc="fine-tune" if not reset else "supervised",
+                     mininterval=PROGRESS_INTERVAL_S):
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = lr_at(step / steps, base, "cosine", 0.0)
         index = torch.randint(len(images), (batch_size,), generator=generator)

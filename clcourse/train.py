@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from clcourse.device import autocast_dtype, get_device
 
 CHECKPOINT_NAME = "last.pt"
+PROGRESS_INTERVAL_S = 0.5  # seconds between progress-bar redraws
 
 
 @dataclass
@@ -244,6 +245,7 @@ def fit(
         initial=min(elapsed_before, budget) if budget_kind == "seconds" else step,
         unit="s" if budget_kind == "seconds" else "step",
         disable=not progress,
+        mininterval=PROGRESS_INTERVAL_S,
         bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]"
         if budget_kind == "seconds"
         else None,
@@ -286,10 +288,12 @@ def fit(
                 history.step_time.append(now)
                 epoch_losses.append(loss_value)
                 epoch_images += count_images(batch)
+                rate = epoch_images / max(1e-9, time.perf_counter() - epoch_start)
+                # refresh=False: the bar redraws at most every PROGRESS_INTERVAL_S (in update). A redraw per
+                # step floods a notebook's output channel, and Jupyter then drops messages (kernels hang).
+                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}", epoch=epoch + 1, refresh=False)
                 bar.update(now - elapsed if budget_kind == "seconds" else 1)
                 elapsed = now
-                rate = epoch_images / max(1e-9, time.perf_counter() - epoch_start)
-                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}", epoch=epoch + 1)
                 if budget_kind != "epochs" and done(elapsed):
                     break
             if not epoch_losses:
