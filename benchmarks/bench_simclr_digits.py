@@ -26,14 +26,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=8, help="8 is the digits' native size")
+    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--draws", type=int, default=10, help="label draws averaged at 1% and 10%")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    train, test = load_digits(16, split="train"), load_digits(16, split="test")
+    size = args.image_size
+    train, test = load_digits(size, split="train"), load_digits(size, split="test")
     seed_everything(0)
-    model = SimCLR(SmallCNN(1, width=32, out_dim=128), projection_dim=128, temperature=0.5)
-    loader = ViewLoader(train, BatchedAugment.digits(16), batch_size=256, seed=0, device="cpu")
+    model = SimCLR(SmallCNN(1, width=32, out_dim=128), projection_dim=128, temperature=args.temperature)
+    loader = ViewLoader(train, BatchedAugment.digits(size), batch_size=256, seed=0, device="cpu")
     start = time.perf_counter()
     history = fit(model, loader, seconds=args.seconds, lr=2e-3, schedule="cosine", device="cpu", progress=False)
     train_time = time.perf_counter() - start
@@ -42,7 +45,7 @@ def main() -> None:
     fte, yte = extract_features(model.encoder, test)
     rtr, rte = train.images.flatten(1), test.images.flatten(1)
     seeds = range(args.draws)
-    print(f"SimCLR, SmallCNN(width 32) at 16x16, batch 256, {train_time:.0f} s on {args.threads} threads: "
+    print(f"SimCLR, SmallCNN(width 32) at {size}x{size}, batch 256, t {args.temperature:g}, {train_time:.0f} s on {args.threads} threads: "
           f"{history.steps} steps, {history.epochs} epochs, loss {history.epoch_loss[0]:.3f} -> {history.epoch_loss[-1]:.3f}\n")
     print("| labels | raw pixels + logistic regression | SimCLR features + logistic regression | target |")
     print("| --- | --- | --- | --- |")

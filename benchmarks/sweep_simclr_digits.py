@@ -5,7 +5,7 @@ command line, then prints the linear-probe accuracy at 1% and 10% of the labels 
 with the features standardised on the labelled images (the course's `linear_probe`), on all
 training images (no labels needed), or L2-normalised.
 
-    .venv/bin/python benchmarks/sweep_simclr_digits.py steps=480 t=0.5 crop=0.5 rot=15 width=32 bs=256 lr=2e-3
+    .venv/bin/python benchmarks/sweep_simclr_digits.py steps=480 t=0.5 crop=0.5 rot=15 width=32 bs=256 lr=2e-3 size=16
 
 Not part of `make bench`: each row takes one to several minutes.
 """
@@ -28,7 +28,7 @@ from clcourse.evaluate import extract_features, sample_labelled
 from clcourse.methods import SimCLR
 from clcourse.train import fit
 
-DEFAULTS = dict(steps=480, t=0.5, crop=0.5, rot=15.0, width=32, bs=256, lr=2e-3)
+DEFAULTS = dict(steps=480, t=0.5, crop=0.5, rot=15.0, width=32, bs=256, lr=2e-3, size=16)
 
 
 def probe(ftr, ytr, fte, yte, fraction: float, scaling: str, C: float, draws: int = 10) -> float:
@@ -54,10 +54,10 @@ def main() -> None:
             raise SystemExit(f"unknown setting {key!r}; known: {', '.join(DEFAULTS)}")
         settings[key] = type(DEFAULTS[key])(value)
     torch.set_num_threads(2)
-    train, test = load_digits(16, split="train"), load_digits(16, split="test")
+    train, test = load_digits(settings["size"], split="train"), load_digits(settings["size"], split="test")
     seed_everything(0)
     model = SimCLR(SmallCNN(1, width=settings["width"], out_dim=128), projection_dim=128, temperature=settings["t"])
-    augment = BatchedAugment.digits(16, crop_scale=(settings["crop"], 1.0), rotation_degrees=settings["rot"])
+    augment = BatchedAugment.digits(settings["size"], crop_scale=(settings["crop"], 1.0), rotation_degrees=settings["rot"])
     loader = ViewLoader(train, augment, batch_size=settings["bs"], seed=0, device="cpu")
     start = time.perf_counter()
     history = fit(model, loader, steps=settings["steps"], lr=settings["lr"], schedule="cosine", device="cpu",
