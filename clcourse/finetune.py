@@ -39,9 +39,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from clcourse.train import PROGRESS_INTERVAL_S, lr_at
+from clcourse.train import fit
 
 __all__ = ["Classifier", "accuracy", "fine_tune", "train_supervised"]
 
@@ -75,6 +74,11 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
+
+    def training_step(self, batch) -> torch.Tensor:
+        """Cross-entropy of one batch ``([x [B, C, H, W]], labels [B])``, for :func:`clcourse.train.fit`."""
+        (x,), y = batch
+        return F.cross_entropy(self(x), y)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -253,26 +257,37 @@ def _train_classifier(
     else:
         model.encoder.requires_grad_(False)
     optimizer = torch.optim.Adam(groups, weight_decay=weight_decay)
-    base_lrs = [g["lr"] for g in groups]
 
-    generator = torch.Generator().manual_seed(seed)
-    labels = labels.long()
-    model.train()
-    for step in tqdm(range(steps), disable=not progress, desc="fine-tune" if not reset else "supervised",
-                     mininterval=PROGRESS_INTERVAL_S):
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = lr_at(step / steps, base, "cosine", 0.0)
-        index = torch.randint(len(images), (batch_size,), generator=generator)
-        x = images[index.to(images.device)].to(device)
-        if augment is not None:
-            x = augment(x, generator=generator)
-        loss = F.cross_entropy(model(x), labels[index.to(labels.device)].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.step_loss.append(loss.item())
+    batches = _LabelledBatches(images, labels.long(), batch_size, steps, augment, seed, device)
+    history = fit(model, batches, steps=steps, optimizer=optimizer, schedule="cosine", device=device,
+                  progress=progress)
+    model.step_loss = history.step_loss
     model.encoder.requires_grad_(True)
     return model.eval()
+
+
+class _LabelledBatches:
+    """``steps`` minibatches ``([x], y)`` drawn with replacement from a labelled set, augmented.
+
+    One pass is the whole budget. Draws and augmentations come from one CPU generator seeded
+    with ``seed``, so a run is the same on every device.
+    """
+
+    def __init__(self, images, labels, batch_size, steps, augment, seed, device):
+        self.images, self.labels, self.batch_size, self.steps = images, labels, batch_size, steps
+        self.augment, self.device = augment, device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            index = torch.randint(len(self.images), (self.batch_size,), generator=self.generator)
+            x = self.images[index.to(self.images.device)].to(self.device)
+            if self.augment is not None:
+                x = self.augment(x, generator=self.generator)
+            yield [x], self.labels[index.to(self.labels.device)].to(self.device)
 
 
 def _reinitialise(module: nn.Module) -> None:

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import nbformat
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clcourse.grading import CheckResult, check, evaluate, tasks
 from clcourse.grading.feedback import LOG_ENV
+
+from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
 SOURCES = sorted((Path(__file__).parent.parent / "exercises" / "source").glob("*.ipynb"))
 
@@ -261,21 +262,15 @@ WRONG = {
 
 def test_wrong_answers_cover_every_task():
     """Lessons 01-05 list their wrong answers here; later lessons in tests/test_grading_lessonNN.py."""
-    assert sorted(WRONG) == sorted(t.id for t in tasks() if int(t.lesson) <= 5)
-    assert all(len(wrong) >= 3 for wrong in WRONG.values())
+    assert_covers(WRONG, [t for t in tasks() if int(t.lesson) <= 5])
     later = {t.lesson for t in tasks() if int(t.lesson) > 5}
     missing = [n for n in later if not list(Path(__file__).parent.glob(f"test_grading_lesson{n}*.py"))]
     assert not missing, f"no tests/test_grading_lessonNN.py for lessons {missing}"
 
 
-@pytest.mark.parametrize("task_id, answer, mistake",
-                         [(t, a, m) for t, wrong in WRONG.items() for a, m in wrong],
-                         ids=[f"{t}:{m}" for t, wrong in WRONG.items() for _, m in wrong])
+@each_wrong_answer(WRONG)
 def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
-    result = evaluate(task_id, answer)
-    assert result.status == "failed" and result.points == 0
-    assert result.case, "the failing input must be named"
-    assert mistake in result.hint + result.problem, result.message
+    assert_rejected_with_hint(task_id, answer, mistake)
 
 
 # --- feedback: never crash, say what happened ------------------------------------------------

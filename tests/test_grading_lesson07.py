@@ -12,6 +12,8 @@ from clcourse.grading.lesson07_moco import (
 )
 from clcourse.methods import MoCo
 
+from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
+
 
 def test_lesson_07_has_two_tasks():
     assert [t.id for t in tasks(7)] == ["07.momentum_update", "07.enqueue"]
@@ -198,15 +200,9 @@ WRONG = {
 
 
 def test_wrong_answers_cover_every_task():
-    assert sorted(WRONG) == [t.id for t in sorted(tasks(7), key=lambda t: t.id)]
-    assert all(len(wrong) >= 3 for wrong in WRONG.values())
+    assert_covers(WRONG, tasks(7))
 
 
-@pytest.mark.parametrize("task_id, answer, mistake",
-                         [(t, a, m) for t, wrong in WRONG.items() for a, m in wrong],
-                         ids=[f"{t}:{m}" for t, wrong in WRONG.items() for _, m in wrong])
+@each_wrong_answer(WRONG)
 def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
-    result = evaluate(task_id, answer)
-    assert result.status == "failed" and result.points == 0
-    assert result.case, "the failing input must be named"
-    assert mistake in result.hint + result.problem, result.message
+    assert_rejected_with_hint(task_id, answer, mistake)

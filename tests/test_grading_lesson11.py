@@ -13,6 +13,8 @@ from clcourse.losses import supcon
 from clcourse.methods import SupCon
 from clcourse.methods.supcon import unlabelled_as_own_class
 
+from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
+
 
 def test_lesson_11_has_two_tasks():
     assert [t.id for t in tasks(11)] == ["11.supcon_out", "11.positive_mask"]
@@ -191,15 +193,9 @@ WRONG = {
 
 
 def test_wrong_answers_cover_every_task():
-    assert sorted(WRONG) == [t.id for t in sorted(tasks(11), key=lambda t: t.id)]
-    assert all(len(wrong) >= 3 for wrong in WRONG.values())
+    assert_covers(WRONG, tasks(11))
 
 
-@pytest.mark.parametrize("task_id, answer, mistake",
-                         [(t, a, m) for t, wrong in WRONG.items() for a, m in wrong],
-                         ids=[f"{t}:{m}" for t, wrong in WRONG.items() for _, m in wrong])
+@each_wrong_answer(WRONG)
 def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
-    result = evaluate(task_id, answer)
-    assert result.status == "failed" and result.points == 0
-    assert result.case, "the failing input must be named"
-    assert mistake in result.hint + result.problem, result.message
+    assert_rejected_with_hint(task_id, answer, mistake)

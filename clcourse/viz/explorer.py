@@ -11,7 +11,6 @@ which tests call directly: a headless notebook run never fires a callback.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -20,10 +19,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython import get_ipython
-from IPython.display import Image, clear_output, display
 from matplotlib.figure import Figure
 
+from .output import show_figure
 from .plots import LabelNames, check_images, check_xy, display_pixels, plot_embedding, point_colors, to_numpy
 
 CLASS = "class"
@@ -245,14 +243,7 @@ class EmbeddingExplorer:
         if self._live_canvas:
             self.figure.canvas.draw_idle()
             return
-        if get_ipython() is None:  # a script or a test: there is no notebook to show it in
-            return
-        # A PNG rendered here rather than display(figure): that needs the inline backend's formatter.
-        png = io.BytesIO()
-        self.figure.savefig(png, format="png", dpi=90)
-        with self.output:
-            clear_output(wait=True)  # wait: no flicker between the old and new picture
-            display(Image(data=png.getvalue(), format="png"))
+        show_figure(self.output, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

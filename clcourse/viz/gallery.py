@@ -16,7 +16,6 @@ never fires a callback.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,12 +23,11 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from IPython import get_ipython
-from IPython.display import Image, clear_output, display
 from matplotlib.figure import Figure
 
 from clcourse.augment import BatchedAugment
 
+from .output import show_figure
 from .plots import check_images, display_pixels
 
 __all__ = [
@@ -369,14 +367,7 @@ class AugmentationGallery:
         self._show()
 
     def _show(self) -> None:
-        if get_ipython() is None:  # a script or a test: there is no notebook to show it in
-            return
-        # A PNG rendered here rather than display(figure): that needs the inline backend's formatter.
-        png = io.BytesIO()
-        self.figure.savefig(png, format="png", dpi=90)
-        with self.output:
-            clear_output(wait=True)  # wait: no flicker between the old and new picture
-            display(Image(data=png.getvalue(), format="png"))
+        show_figure(self.output, self.figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

@@ -27,7 +27,6 @@ recomputes at most a few [M, K] softmaxes. The ipywidgets callbacks call
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,11 +35,10 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython import get_ipython
-from IPython.display import Image, clear_output, display
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .output import show_figure
 from .plots import check_images, display_pixels, to_numpy
 
 __all__ = ["info_nce_from_similarities", "negative_weights", "NegativesState", "NegativesExplorer"]
@@ -460,13 +458,7 @@ class NegativesExplorer:
             ax.set_title(caption, fontsize="small", color=color)
 
     def _show(self) -> None:
-        if get_ipython() is None:  # a script or a test: there is no notebook to show it in
-            return
-        png = io.BytesIO()
-        self.figure.savefig(png, format="png", dpi=80)
-        with self.output:
-            clear_output(wait=True)
-            display(Image(data=png.getvalue(), format="png"))
+        show_figure(self.output, self.figure, dpi=80)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

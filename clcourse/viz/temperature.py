@@ -21,7 +21,6 @@ directly: a headless notebook run never fires a callback.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -29,12 +28,11 @@ from dataclasses import dataclass, replace
 import ipywidgets as widgets
 import numpy as np
 import torch
-from IPython import get_ipython
-from IPython.display import Image, clear_output, display
 from matplotlib.figure import Figure
 
 from clcourse.losses import uniformity
 
+from .output import figure_png, show_png
 from .plots import LabelNames, check_xy, plot_embedding, point_colors, to_numpy
 
 # The slider's stops: a log-like grid from very sharp (0.02) to very flat (2).
@@ -250,9 +248,7 @@ class TemperatureExplorer:
                           {"linear_probe": "linear probe", "knn": "kNN"}, "accuracy", "(f) accuracy of the features",
                           percent=True)
         self.figure.tight_layout()
-        png = io.BytesIO()
-        self.figure.savefig(png, format="png", dpi=80)
-        self.png = png.getvalue()
+        self.png = figure_png(self.figure, dpi=80)
         self._show()
         # Only now, with the picture out, say what it shows: a reader (or a browser test) that sees
         # the status for temperature t also sees t's figure.
@@ -339,11 +335,7 @@ class TemperatureExplorer:
         ax.set_title(title)
 
     def _show(self) -> None:
-        if get_ipython() is None:  # a script or a test: there is no notebook to show it in
-            return
-        with self.output:
-            clear_output(wait=True)  # wait: no flicker between the old and the new picture
-            display(Image(data=self.png, format="png"))
+        show_png(self.output, self.png)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
