@@ -28,24 +28,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=8, help="8 is the digits' native size")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--pool-size", type=int, default=2, help="SmallCNN's pooled grid: 1 = global average")
+    parser.add_argument("--head-hidden", type=int, default=512, help="hidden width of the projection head")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the views")
     parser.add_argument("--draws", type=int, default=10, help="label draws averaged at 1% and 10%")
+    parser.add_argument("--nchw", action="store_true",
+                        help="keep the default NCHW weight layout (channels-last is about 1.2-1.7x faster on CPUs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     size = args.image_size
     train, test = load_digits(size, split="train"), load_digits(size, split="test")
-    seed_everything(0)
-    model = SimCLR(SmallCNN(1, width=32, out_dim=128), projection_dim=128, temperature=args.temperature)
-    loader = ViewLoader(train, BatchedAugment.digits(size), batch_size=256, seed=0, device="cpu")
+    seed_everything(args.seed)
+    model = SimCLR(SmallCNN(1, width=32, out_dim=128, pool_size=args.pool_size), projection_dim=128, hidden_dim=args.head_hidden,
+                   temperature=args.temperature)
+    loader = ViewLoader(train, BatchedAugment.digits(size), batch_size=args.batch_size, seed=args.seed, device="cpu")
     start = time.perf_counter()
-    history = fit(model, loader, seconds=args.seconds, lr=2e-3, schedule="cosine", device="cpu", progress=False)
+    history = fit(model, loader, seconds=args.seconds, lr=2e-3, weight_decay=args.weight_decay, schedule="cosine",
+                  device="cpu", progress=False, channels_last=not args.nchw)
     train_time = time.perf_counter() - start
 
     ftr, ytr = extract_features(model.encoder, train)
     fte, yte = extract_features(model.encoder, test)
     rtr, rte = train.images.flatten(1), test.images.flatten(1)
     seeds = range(args.draws)
-    print(f"SimCLR, SmallCNN(width 32) at {size}x{size}, batch 256, t {args.temperature:g}, {train_time:.0f} s on {args.threads} threads: "
+    layout = "NCHW" if args.nchw else "channels-last"
+    print(f"SimCLR, SmallCNN(width 32, pool {args.pool_size}, {layout}) at {size}x{size}, batch {args.batch_size}, t {args.temperature:g}, "
+          f"head hidden {args.head_hidden}, weight decay {args.weight_decay:g}, seed {args.seed}, "
+          f"{train_time:.0f} s on {args.threads} threads: "
           f"{history.steps} steps, {history.epochs} epochs, loss {history.epoch_loss[0]:.3f} -> {history.epoch_loss[-1]:.3f}\n")
     print("| labels | raw pixels + logistic regression | SimCLR features + logistic regression | target |")
     print("| --- | --- | --- | --- |")

@@ -5,7 +5,11 @@ command line, then prints the linear-probe accuracy at 1% and 10% of the labels 
 with the features standardised on the labelled images (the course's `linear_probe`), on all
 training images (no labels needed), or L2-normalised.
 
-    .venv/bin/python benchmarks/sweep_simclr_digits.py steps=480 t=0.5 crop=0.5 rot=15 width=32 bs=256 lr=2e-3 size=16
+    .venv/bin/python benchmarks/sweep_simclr_digits.py steps=480 t=0.5 crop=0.5 rot=15 width=32 bs=256 lr=2e-3 size=16 \
+        wd=1e-6 blur=0.5 cl=0 hidden=0 pool=1 seed=0
+
+(``cl=1``: channels-last weights; ``hidden``: the projection head's hidden width, 0 = the encoder's out_dim;
+``pool``: SmallCNN's ``pool_size``.)
 
 Not part of `make bench`: each row takes one to several minutes.
 """
@@ -28,7 +32,7 @@ from clcourse.evaluate import extract_features, sample_labelled
 from clcourse.methods import SimCLR
 from clcourse.train import fit
 
-DEFAULTS = dict(steps=480, t=0.5, crop=0.5, rot=15.0, width=32, bs=256, lr=2e-3, size=16)
+DEFAULTS = dict(steps=480, t=0.5, crop=0.5, rot=15.0, width=32, bs=256, lr=2e-3, size=16, wd=1e-6, blur=0.5, cl=0, hidden=0, pool=1, seed=0)
 
 
 def probe(ftr, ytr, fte, yte, fraction: float, scaling: str, C: float, draws: int = 10) -> float:
@@ -55,13 +59,15 @@ def main() -> None:
         settings[key] = type(DEFAULTS[key])(value)
     torch.set_num_threads(2)
     train, test = load_digits(settings["size"], split="train"), load_digits(settings["size"], split="test")
-    seed_everything(0)
-    model = SimCLR(SmallCNN(1, width=settings["width"], out_dim=128), projection_dim=128, temperature=settings["t"])
-    augment = BatchedAugment.digits(settings["size"], crop_scale=(settings["crop"], 1.0), rotation_degrees=settings["rot"])
-    loader = ViewLoader(train, augment, batch_size=settings["bs"], seed=0, device="cpu")
+    seed_everything(settings["seed"])
+    model = SimCLR(SmallCNN(1, width=settings["width"], out_dim=128, pool_size=settings["pool"]), projection_dim=128,
+                   hidden_dim=settings["hidden"] or None, temperature=settings["t"])
+    augment = BatchedAugment.digits(settings["size"], crop_scale=(settings["crop"], 1.0), rotation_degrees=settings["rot"],
+                                    blur_p=settings["blur"])
+    loader = ViewLoader(train, augment, batch_size=settings["bs"], seed=settings["seed"], device="cpu")
     start = time.perf_counter()
-    history = fit(model, loader, steps=settings["steps"], lr=settings["lr"], schedule="cosine", device="cpu",
-                  progress=False)
+    history = fit(model, loader, steps=settings["steps"], lr=settings["lr"], weight_decay=settings["wd"],
+                  schedule="cosine", device="cpu", progress=False, channels_last=bool(settings["cl"]))
     print(f"{settings}: {history.steps} steps in {time.perf_counter() - start:.0f} s")
     ftr, ytr = (t.numpy() for t in extract_features(model.encoder, train))
     fte, yte = (t.numpy() for t in extract_features(model.encoder, test))

@@ -33,21 +33,26 @@ def _check_images(x: torch.Tensor, in_channels: int) -> None:
 class SmallCNN(nn.Module):
     """A small convolutional encoder for 16-32 px images (the quick profile's workhorse).
 
-    Three conv-BN-ReLU blocks (the last two downsample by 2), then global
-    average pooling and a linear layer.
+    Three conv-BN-ReLU blocks (the last two downsample by 2), then average
+    pooling to a ``pool_size`` x ``pool_size`` grid, flattening and a linear layer.
 
     Args:
         in_channels: 1 (digits) or 3 (colour images).
         width: channels of the first block; later blocks use 2x and 4x.
         out_dim: size of the representation.
+        pool_size: 1 is global average pooling; 2 keeps a coarse 2x2 layout
+            of where the features are (the whole last feature map of an 8x8
+            digit), which pays on tiny images whose position is normalised.
 
     Shapes: [B, in_channels, H, W] -> [B, out_dim].
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int = 128):
+    def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int = 128, pool_size: int = 1):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {pool_size}")
         self.in_channels = in_channels
         self.out_dim = out_dim
 
@@ -62,10 +67,10 @@ class SmallCNN(nn.Module):
             block(in_channels, width, 1),
             block(width, 2 * width, 2),
             block(2 * width, 4 * width, 2),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(pool_size),
             nn.Flatten(),
         )
-        self.fc = nn.Linear(4 * width, out_dim)
+        self.fc = nn.Linear(4 * width * pool_size**2, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_images(x, self.in_channels)

@@ -11,6 +11,18 @@ def test_small_cnn_shapes(channels, size):
     assert out.shape == (5, 24) and enc.out_dim == 24
 
 
+@pytest.mark.parametrize("size", [8, 16])
+def test_small_cnn_pool_size_keeps_a_grid(size):
+    enc = SmallCNN(1, width=8, out_dim=24, pool_size=2)
+    assert enc.features(torch.rand(3, 1, size, size)).shape == (3, 4 * 8 * 2 * 2)
+    assert enc(torch.rand(3, 1, size, size)).shape == (3, 24)
+
+
+def test_small_cnn_rejects_bad_pool_size():
+    with pytest.raises(ValueError, match="pool_size must be >= 1"):
+        SmallCNN(1, pool_size=0)
+
+
 def test_small_cnn_rejects_wrong_channels():
     with pytest.raises(ValueError, match=r"expected images \[B, 1, H, W\]"):
         SmallCNN(1)(torch.rand(2, 3, 16, 16))
