@@ -33,17 +33,18 @@ def main() -> None:
     parser.add_argument("--head-hidden", type=int, default=512, help="hidden width of the projection head")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights and the views")
-    parser.add_argument("--draws", type=int, default=10, help="label draws averaged at 1% and 10%")
+    parser.add_argument("--draws", type=int, default=10, help="label draws averaged at 1%% and 10%%")
     parser.add_argument("--nchw", action="store_true",
-                        help="keep the default NCHW weight layout (channels-last is about 1.2-1.7x faster on CPUs)")
+                        help="keep the default NCHW weight layout (channels-last: 1.36x faster steps here, "
+                             "bench_channels_last_cpu.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     size = args.image_size
     train, test = load_digits(size, split="train"), load_digits(size, split="test")
     seed_everything(args.seed)
-    model = SimCLR(SmallCNN(1, width=32, out_dim=128, pool_size=args.pool_size), projection_dim=128, hidden_dim=args.head_hidden,
-                   temperature=args.temperature)
+    encoder = SmallCNN(1, width=32, out_dim=128, pool_size=args.pool_size)
+    model = SimCLR(encoder, projection_dim=128, hidden_dim=args.head_hidden, temperature=args.temperature)
     loader = ViewLoader(train, BatchedAugment.digits(size), batch_size=args.batch_size, seed=args.seed, device="cpu")
     start = time.perf_counter()
     history = fit(model, loader, seconds=args.seconds, lr=2e-3, weight_decay=args.weight_decay, schedule="cosine",
@@ -55,10 +56,12 @@ def main() -> None:
     rtr, rte = train.images.flatten(1), test.images.flatten(1)
     seeds = range(args.draws)
     layout = "NCHW" if args.nchw else "channels-last"
-    print(f"SimCLR, SmallCNN(width 32, pool {args.pool_size}, {layout}) at {size}x{size}, batch {args.batch_size}, t {args.temperature:g}, "
+    print(f"SimCLR, SmallCNN(width 32, pool {args.pool_size}, {layout}) at {size}x{size}, batch {args.batch_size}, "
+          f"t {args.temperature:g}, "
           f"head hidden {args.head_hidden}, weight decay {args.weight_decay:g}, seed {args.seed}, "
           f"{train_time:.0f} s on {args.threads} threads: "
-          f"{history.steps} steps, {history.epochs} epochs, loss {history.epoch_loss[0]:.3f} -> {history.epoch_loss[-1]:.3f}\n")
+          f"{history.steps} steps, {history.epochs} epochs, "
+          f"loss {history.epoch_loss[0]:.3f} -> {history.epoch_loss[-1]:.3f}\n")
     print("| labels | raw pixels + logistic regression | SimCLR features + logistic regression | target |")
     print("| --- | --- | --- | --- |")
     for name, frac, target in [("1%", 0.01, 0.80), ("10%", 0.1, 0.97), ("100%", None, None)]:

@@ -32,7 +32,8 @@ from clcourse.evaluate import extract_features, sample_labelled
 from clcourse.methods import SimCLR
 from clcourse.train import fit
 
-DEFAULTS = dict(steps=480, t=0.5, crop=0.5, rot=15.0, width=32, bs=256, lr=2e-3, size=16, wd=1e-6, blur=0.5, cl=0, hidden=0, pool=1, seed=0)
+DEFAULTS = dict(steps=480, t=0.5, crop=0.5, rot=15.0, width=32, bs=256, lr=2e-3, size=16,
+                wd=1e-6, blur=0.5, cl=0, hidden=0, pool=1, seed=0)
 
 
 def probe(ftr, ytr, fte, yte, fraction: float, scaling: str, C: float, draws: int = 10) -> float:
@@ -62,8 +63,8 @@ def main() -> None:
     seed_everything(settings["seed"])
     model = SimCLR(SmallCNN(1, width=settings["width"], out_dim=128, pool_size=settings["pool"]), projection_dim=128,
                    hidden_dim=settings["hidden"] or None, temperature=settings["t"])
-    augment = BatchedAugment.digits(settings["size"], crop_scale=(settings["crop"], 1.0), rotation_degrees=settings["rot"],
-                                    blur_p=settings["blur"])
+    augment = BatchedAugment.digits(settings["size"], crop_scale=(settings["crop"], 1.0),
+                                    rotation_degrees=settings["rot"], blur_p=settings["blur"])
     loader = ViewLoader(train, augment, batch_size=settings["bs"], seed=settings["seed"], device="cpu")
     start = time.perf_counter()
     history = fit(model, loader, steps=settings["steps"], lr=settings["lr"], weight_decay=settings["wd"],

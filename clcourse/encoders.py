@@ -31,7 +31,7 @@ def _check_images(x: torch.Tensor, in_channels: int) -> None:
 
 
 class SmallCNN(nn.Module):
-    """A small convolutional encoder for 16-32 px images (the quick profile's workhorse).
+    """A small convolutional encoder for 8-32 px images (the quick profile's workhorse).
 
     Three conv-BN-ReLU blocks (the last two downsample by 2), then average
     pooling to a ``pool_size`` x ``pool_size`` grid, flattening and a linear layer.
