@@ -20,6 +20,7 @@ Two implementations of the same distributions:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-__all__ = ["simclr_transform", "digits_transform", "AugmentParams", "BatchedAugment"]
+from clcourse.checks import check_images
+
+__all__ = ["simclr_transform", "digits_transform", "AugmentParams", "BatchedAugment", "view_targets", "augmented_views"]
 
 _CROP_TRIES = 10  # RandomResizedCrop's rejection-sampling tries before its central-crop fallback
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
@@ -53,8 +56,6 @@ def simclr_transform(
     RandomApply(ColorJitter(0.8s, 0.8s, 0.8s, 0.2s), p=0.8) -> RandomGrayscale(0.2) ->
     RandomApply(GaussianBlur(kernel ~10% of size, sigma in (0.1, 2.0)), p=blur_p),
     with s = ``jitter_strength`` (SimCLR uses s = 0.5 on CIFAR-10, 1.0 on ImageNet).
-
-    [1] Chen et al., SimCLR, 2020.
     """
     s = jitter_strength
     ops = [
@@ -83,8 +84,6 @@ def digits_transform(
     RandomApply(GaussianBlur(3, sigma in (0.1, 1.0)), p=blur_p). No flips (a mirrored 2 is
     not a 2) and no colour jitter (there is no colour to vary); milder crops than SimCLR's because
     a digit cropped to 8% of its area is no longer recognisable.
-
-    [1] Chen et al., SimCLR, 2020.
     """
     ops = [
         v2.RandomResizedCrop(size, scale=crop_scale, antialias=True),
@@ -116,8 +115,6 @@ class AugmentParams:
         gray: [B] bool, converted to grayscale.
         blur: [B] bool, Gaussian blur applied.
         blur_sigma: [B] the blur's standard deviation in pixels.
-
-    [1] Chen et al., SimCLR, 2020.
     """
 
     crop_area: Tensor
@@ -165,17 +162,6 @@ class AugmentParams:
         fallback = torch.tensor([(height - fb_h) // 2, (width - fb_w) // 2, fb_h, fb_w], dtype=torch.double)
         boxes = torch.stack([top, left, h, w], dim=1)
         return torch.where(fits.any(dim=1, keepdim=True), boxes, fallback).long()
-
-
-def _check_images(x: object) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"expected a float tensor [B, C, H, W] in [0, 1], got {type(x).__name__}")
-    if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(
-            f"expected a float tensor [B, C, H, W] in [0, 1], got {x.dtype} of shape {list(x.shape)}"
-        )
-    if x.shape[1] not in (1, 3):
-        raise ValueError(f"expected 1 or 3 channels in [B, C, H, W], got shape {list(x.shape)}")
 
 
 def _on_subset(x: Tensor, mask: Tensor, fn) -> Tensor:
@@ -366,8 +352,6 @@ class BatchedAugment(nn.Module):
 
     Randomness: :meth:`sample_params` draws everything on the CPU from a ``torch.Generator``,
     so a seed gives the same views on every device.
-
-    [1] Chen et al., SimCLR, 2020.
     """
 
     def __init__(
@@ -410,8 +394,6 @@ class BatchedAugment(nn.Module):
     @classmethod
     def simclr(cls, size: int = 32, **overrides) -> BatchedAugment:
         """SimCLR's CIFAR-10 augmentation [1]: the batched twin of :func:`simclr_transform` (same defaults).
-
-        [1] Chen et al., SimCLR, 2020.
         """
         return cls(size, **overrides)
 
@@ -419,8 +401,6 @@ class BatchedAugment(nn.Module):
     def digits(cls, size: int = 16, **overrides) -> BatchedAugment:
         """The batched twin of :func:`digits_transform`: crop (0.5-1 of the area), +-15 degree
         rotation, blur (p 0.5, sigma 0.1-1); no flip, no colour. For [B, 1, H, W] digits [1].
-
-        [1] Chen et al., SimCLR, 2020.
         """
         settings = dict(crop_scale=(0.5, 1.0), flip_p=0.0, jitter_p=0.0, gray_p=0.0, blur_p=0.5,
                         blur_sigma=(0.1, 1.0), blur_kernel=3, rotation_degrees=15.0)
@@ -438,8 +418,6 @@ class BatchedAugment(nn.Module):
 
         One ``torch.rand`` call with ``generator`` (the global RNG when ``None``) feeds all of
         them, so the same generator state gives the same parameters whatever the knobs.
-
-        [1] Chen et al., SimCLR, 2020.
         """
         u = torch.rand(batch_size, 2 * _CROP_TRIES + 12, generator=generator)
         area, log_ratio, rest = u.split([_CROP_TRIES, _CROP_TRIES, 12], dim=1)
@@ -481,10 +459,8 @@ class BatchedAugment(nn.Module):
         in another order. One deviation is by design and harmless: ``ColorJitter`` applies
         its four ops in a random order per image, this pipeline in the fixed order above.
         The input is never modified.
-
-        [1] Chen et al., SimCLR, 2020.
         """
-        _check_images(x)
+        check_images(x)
         if len(params) != len(x):
             raise ValueError(f"params are for {len(params)} samples but x has {len(x)}: {list(x.shape)}")
         out = self._crop_and_flip(x, params)
@@ -504,10 +480,8 @@ class BatchedAugment(nn.Module):
         """Augment x [B, C, H, W] with freshly drawn parameters -> [B, C, size, size].
 
         ``augment(x, generator=g)`` = ``augment.apply(x, augment.sample_params(len(x), g))``.
-
-        [1] Chen et al., SimCLR, 2020.
         """
-        _check_images(x)
+        check_images(x)
         return self.apply(x, self.sample_params(len(x), generator))
 
     def _crop_and_flip(self, x: Tensor, params: AugmentParams) -> Tensor:
@@ -553,3 +527,77 @@ class BatchedAugment(nn.Module):
         if x.shape[1] == 3 and strength_h > 0:
             x = _adjust_hue(x, params.hue[index])
         return x
+
+
+def view_targets(params: AugmentParams, height: int, width: int) -> dict[str, Tensor]:
+    """What augmentation was applied to each view, as numbers to predict: name -> float [B].
+
+    Ops that were not applied get their identity value, so every entry is the *effective*
+    parameter of the view.
+
+    - ``rotation``: angle in degrees.
+    - ``crop_area``: fraction of the image area the crop covered (from the actual pixel box).
+    - ``crop_aspect``: log of the crop's aspect ratio w / h.
+    - ``flip``, ``gray``: 1 if applied, else 0.
+    - ``brightness``, ``contrast``, ``saturation``: factor (1 when no jitter); ``hue``: shift (0).
+    - ``blur_sigma``: the blur's sigma in pixels (0 when no blur).
+
+    Args:
+        params: from ``BatchedAugment.sample_params``.
+        height, width: of the images the crops were taken from.
+    """
+    boxes = params.crop_boxes(height, width).double()
+    jitter = params.jitter.double()
+
+    def jittered(values: Tensor, identity: float) -> Tensor:
+        return (jitter * values.double() + (1 - jitter) * identity).float()
+
+    return {
+        "rotation": params.rotation.float(),
+        "crop_area": (boxes[:, 2] * boxes[:, 3] / (height * width)).float(),
+        "crop_aspect": (boxes[:, 3] / boxes[:, 2]).log().float(),
+        "flip": params.flip.float(),
+        "brightness": jittered(params.brightness, 1.0),
+        "contrast": jittered(params.contrast, 1.0),
+        "saturation": jittered(params.saturation, 1.0),
+        "hue": jittered(params.hue, 0.0),
+        "gray": params.gray.float(),
+        "blur_sigma": (params.blur.float() * params.blur_sigma.float()),
+    }
+
+
+@torch.no_grad()
+def augmented_views(
+    images: Tensor,
+    augment,
+    n_views: int = 2,
+    seed: int = 0,
+    targets: Sequence[str] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``n_views`` augmented views of every image, with the parameters that made them.
+
+    Args:
+        images: [N, C, H, W] in [0, 1].
+        augment: a :class:`clcourse.augment.BatchedAugment` (needs ``sample_params``/``apply``).
+        n_views: views per image; the output stacks view 1 of every image, then view 2, ...
+        seed: seeds the CPU generator of the parameters (same views on every device).
+        targets: names of :func:`view_targets` to keep; ``None`` keeps all.
+
+    Returns:
+        views [n_views * N, C, size, size] and targets: name -> float [n_views * N] (CPU).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, C, H, W], got shape {list(images.shape)}")
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    g = torch.Generator().manual_seed(seed)
+    views, parts = [], []
+    for _ in range(n_views):
+        params = augment.sample_params(len(images), g)
+        views.append(augment.apply(images, params))
+        parts.append(view_targets(params, images.shape[2], images.shape[3]))
+    names = list(parts[0]) if targets is None else list(targets)
+    unknown = [t for t in names if t not in parts[0]]
+    if unknown:
+        raise ValueError(f"unknown targets {unknown}; choose from {list(parts[0])}")
+    return torch.cat(views), {t: torch.cat([p[t] for p in parts]) for t in names}

@@ -88,7 +88,16 @@ def run_exercises_build(args: argparse.Namespace) -> int:
 # The names of clcourse.recipes.METHODS / DATASETS, repeated so that --help need not import torch
 # (tests/test_cli.py checks that they agree).
 TRAIN_METHODS = ("simclr", "moco", "supcon")
-TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10")
+TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
+
+
+def _dataset_name(text: str) -> str:
+    """argparse type of --dataset: a name of TRAIN_DATASETS, or folder:PATH."""
+    name, _, path = text.partition(":")
+    if name not in TRAIN_DATASETS or (name == "folder") != bool(path):
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(d for d in TRAIN_DATASETS if d != 'folder')} or folder:PATH, got {text!r}")
+    return text
 
 
 def add_train_command(subparsers) -> None:
@@ -97,13 +106,16 @@ def add_train_command(subparsers) -> None:
         "train", help="train a method from its recipe, evaluate it, write checkpoints and metrics",
         description="Train SimCLR, MoCo or SupCon with the recipe of the profile (clcourse/recipes.py), "
                     "then evaluate the encoder: kNN and linear probes with 1%%, 10%% and 100%% of the labels. "
-                    "Writes DIR/last.pt (every epoch), DIR/history.json and DIR/metrics.json. "
+                    "Writes DIR/last.pt (after an epoch, at most every 30 s, and at the end), DIR/history.json "
+                    "and DIR/metrics.json. "
                     "Under 'torchrun --nproc_per_node=K -m clcourse train ...' it trains with "
-                    "DistributedDataParallel (gloo on CPUs, nccl on GPUs); --batch-size is the global batch.")
+                    "DistributedDataParallel (gloo on CPUs, nccl on GPUs), negatives gathered from every "
+                    "process; --batch-size is the global batch.")
     parser.add_argument("method", choices=TRAIN_METHODS, metavar="METHOD", help=f"one of {', '.join(TRAIN_METHODS)}")
-    parser.add_argument("--dataset", choices=TRAIN_DATASETS, metavar="NAME",
-                        help=f"one of {', '.join(TRAIN_DATASETS)} (default: digits in the quick profile, "
-                             "cifar10 in the full one; stl10 is full only)")
+    parser.add_argument("--dataset", type=_dataset_name, metavar="NAME",
+                        help="digits, shapes, cifar10, stl10 or folder:PATH (your images, one sub-folder per "
+                             "class) (default: digits in the quick profile, cifar10 in the full one; stl10 is "
+                             "full only)")
     parser.add_argument("--profile", choices=("quick", "full", "auto"), default=None,
                         help="default: $CLCOURSE_PROFILE, else auto (quick on a CPU, full on a GPU)")
     budget = parser.add_mutually_exclusive_group()
@@ -112,6 +124,7 @@ def add_train_command(subparsers) -> None:
     budget.add_argument("--seconds", type=float, metavar="S", help="train S seconds (not with torchrun)")
     parser.add_argument("--batch-size", type=int, metavar="B",
                         help="global batch size (SGD recipes scale the learning rate with it)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="side of the images the encoder sees")
     parser.add_argument("--temperature", type=float, metavar="T", help="temperature of the loss")
     parser.add_argument("--lr", type=float, metavar="LR", help="learning rate")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of weights, data order and views (default: 0)")
@@ -131,148 +144,74 @@ def _fail(command: str, message: str, status: int = 2) -> int:
     return status
 
 
-def _device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
-def _percent(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def format_train_summary(metrics: dict) -> str:
-    """The table ``clcourse train`` prints at the end, from its ``metrics.json`` dictionary."""
-    probes = metrics["linear_probe"]
-    rows = [
-        ("run", f"{metrics['method']} on {metrics['dataset']} ({metrics['profile']} profile)"),
-        ("device", f"{metrics['device']} x {metrics['world_size']} process(es)"),
-        ("trained", f"{metrics['steps']} steps, {metrics['epochs']} epochs in {metrics['train_seconds']:.1f} s "
-                    f"({metrics['images_per_second']:.0f} images/s)"),
-        ("loss", f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}"),
-        (f"kNN (k={metrics['knn']['k']})", _percent(metrics["knn"]["accuracy"])),
-    ]
-    for name, probe in probes.items():
-        spread = f" ± {100 * probe['std']:.1f}" if probe["draws"] > 1 else ""
-        rows.append((f"linear probe {name}", f"{_percent(probe['mean'])}{spread} "
-                                             f"({probe['n_labels']} labels, {probe['draws']} draw(s))"))
-    rows.append(("effective rank", f"{metrics['effective_rank']:.1f} of {metrics['feature_dim']}"))
-    if metrics.get("expected"):
-        rows.append(("expected", metrics["expected"]))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def _checkpoint_dir_of_other_ranks(out: Path, resume: bool):
-    """Checkpoint folder for ranks > 0: none, or with --resume a private one that reads rank 0's.
-
-    Only rank 0 writes to DIR. To resume, every process must load the same
-    state, and fit reads it from checkpoint_dir/last.pt: a symbolic link to
-    rank 0's checkpoint in a temporary folder does that; fit's own saves there
-    replace the link (os.replace), never rank 0's file, and vanish with the folder.
-    """
-    import tempfile
-
-    from clcourse.train import CHECKPOINT_NAME
-
-    if not resume:
-        return None, None
-    tmp = tempfile.TemporaryDirectory(prefix="clcourse-rank-")
-    if (out / CHECKPOINT_NAME).is_file():
-        (Path(tmp.name) / CHECKPOINT_NAME).symlink_to((out / CHECKPOINT_NAME).resolve())
-    return Path(tmp.name), tmp
-
-
 def run_train(args: argparse.Namespace) -> int:
-    """Train, evaluate and report one recipe; exit status 2 for bad input or a missing dataset."""
-    import json
+    """Build the recipe from the options and train it (:func:`clcourse.runs.train_run`); 2 for bad input."""
     import os
-    import time
 
     import torch
 
     from clcourse import distributed
     from clcourse.data import DatasetNotFoundError
-    from clcourse.device import get_device, get_profile
-    from clcourse.recipes import DistributedMethod, build, build_optimizer, evaluate, fit_options, get_recipe
-    from clcourse.recipes import images_per_second
-    from clcourse.train import fit
+    from clcourse.device import fit_threads_to_cpus, get_device, get_profile
+    from clcourse.recipes import get_recipe
+    from clcourse.runs import train_run
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and args.seconds is not None:
-        # Every process checks the clock itself: they would stop after different steps and the
-        # ones still training would wait forever in their next collective.
         return _fail("train", "--seconds cannot be used with torchrun: processes would stop at different "
                               "steps and wait for each other; give --steps or --epochs")
     try:
         if world > 1:
-            backend = "nccl" if torch.cuda.is_available() and (args.device or "cuda").startswith("cuda") else "gloo"
-            device = distributed.setup_from_env(backend)
+            cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+            device = distributed.setup_from_env("nccl" if cuda else "gloo")
         else:
             device = get_device(args.device)
-        profile = get_profile(args.profile, device)
-        recipe = get_recipe(args.method, profile.name, args.dataset).override(
+        fit_threads_to_cpus()
+        recipe = get_recipe(args.method, get_profile(args.profile, device).name, args.dataset).override(
             epochs=args.epochs, steps=args.steps, seconds=args.seconds, batch_size=args.batch_size,
-            temperature=args.temperature, lr=args.lr, seed=args.seed, probe_draws=args.draws)
-        if world > 1 and recipe.seconds is not None:
-            raise ValueError(f"the {recipe.profile} recipe's budget is {recipe.seconds:g} seconds, which "
-                             "torchrun cannot share between processes; give --steps or --epochs")
-        rank = distributed.rank()
+            image_size=args.image_size, temperature=args.temperature, lr=args.lr, seed=args.seed,
+            probe_draws=args.draws)
         out = args.out or Path("runs") / f"{recipe.method}-{recipe.dataset}-{recipe.profile}"
-        if rank == 0:
-            print(recipe.summary())
-        method, loader, eval_train, eval_test = build(
-            recipe, device, root=args.data_root, download=args.download, rank=rank, world_size=world)
-    except (DatasetNotFoundError, ValueError) as exc:
-        first = distributed.rank() == 0  # every process fails alike; one message is enough
-        distributed.cleanup()
-        return _fail("train", str(exc)) if first else 2
-
-    trainee = DistributedMethod(method, device) if world > 1 else method
-    method = trainee.method if world > 1 else method  # SyncBatchNorm conversion may have replaced modules
-    optimizer = build_optimizer(recipe, method)
-    if rank == 0:
-        checkpoint_dir, private = out, None
-        if args.resume and not (out / "last.pt").is_file():
-            print(f"no checkpoint in {out}: starting from scratch")
-    else:
-        checkpoint_dir, private = _checkpoint_dir_of_other_ranks(out, args.resume)
-    started = time.perf_counter()
-    try:
-        history = fit(trainee, loader, optimizer=optimizer, device=device, checkpoint_dir=checkpoint_dir,
-                      resume=args.resume and checkpoint_dir is not None, progress=rank == 0,
-                      **fit_options(recipe))
-    except ValueError as exc:
-        return _fail("train", str(exc))
+        train_run(recipe, out, device, resume=args.resume, root=args.data_root, download=args.download)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
+        # Every process fails alike; one message is enough.
+        return _fail("train", str(exc)) if distributed.rank() == 0 else 2
     finally:
-        distributed.cleanup()  # rank 0 evaluates alone: the others may leave now
-        if private is not None:
-            private.cleanup()
-    if rank != 0:
-        return 0
+        distributed.cleanup()
+    return 0
 
-    train_seconds = history.step_time[-1] if history.step_time else 0.0
-    metrics = dict(
-        method=recipe.method, dataset=recipe.dataset, profile=recipe.profile,
-        device=_device_name(device), world_size=world,
-        steps=history.steps, epochs=history.epochs,
-        train_seconds=train_seconds,
-        images_per_second=images_per_second(recipe, history.steps, train_seconds),
-        first_loss=history.step_loss[0] if history.steps else float("nan"),
-        final_loss=history.step_loss[-1] if history.steps else float("nan"),
-        **evaluate(recipe, method, eval_train, eval_test, device=device),
-        expected=recipe.expected,
-        config=recipe.as_dict(),
-        torch=torch.__version__, threads=torch.get_num_threads(),
-    )
-    metrics["elapsed_seconds"] = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "history.json").write_text(json.dumps(history.as_dict(), indent=1))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(format_train_summary(metrics))
-    print(f"wrote {out / 'last.pt'}, {out / 'history.json'}, {out / 'metrics.json'}")
+
+def add_embed_command(subparsers) -> None:
+    """``clcourse embed RUN --out FILE [--data NAME] [--split train|test]``."""
+    parser = subparsers.add_parser(
+        "embed", help="export a trained run's representations and labels (.npy or .csv)",
+        description="Encode images with the encoder of a run written by 'clcourse train --out RUN' and write "
+                    "the representations h = f(x) with their labels: FILE.npy (+ FILE.labels.npy) or FILE.csv "
+                    "(label,h0,h1,...). clcourse.viz.explore_embeddings(FILE) opens them in the embedding "
+                    "explorer.")
+    parser.add_argument("run", type=Path, metavar="RUN", help="a run folder (last.pt and metrics.json)")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="FILE.npy or FILE.csv")
+    parser.add_argument("--data", type=_dataset_name, metavar="NAME",
+                        help="the images to encode: digits, shapes, cifar10, stl10 or folder:PATH "
+                             "(default: the run's dataset)")
+    parser.add_argument("--split", choices=("train", "test"), default="test", help="default: test")
+    parser.add_argument("--device", metavar="DEV", help="cpu, cuda, mps (default: cpu)")
+    parser.add_argument("--data-root", type=Path, metavar="DIR",
+                        help="where CIFAR-10 / STL-10 live (default: $CLCOURSE_DATA, else data/)")
+    parser.set_defaults(func=run_embed)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """Export the representations (:func:`clcourse.runs.embed_run`); 2 for bad input."""
+    from clcourse.data import DatasetNotFoundError
+    from clcourse.runs import embed_run
+
+    try:
+        written = embed_run(args.run, args.out, dataset=args.data, split=args.split, device=args.device,
+                            root=args.data_root)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
+        return _fail("embed", str(exc))
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
@@ -335,11 +274,11 @@ def _doctor_report(data_root: Path | None) -> list[tuple[str, list[tuple[str, st
     import torch
 
     from clcourse.data import default_root
-    from clcourse.device import get_device, get_profile
+    from clcourse.device import describe_device, get_device, get_profile, usable_cpus
 
     versions = [("python", platform.python_version())] + [(p, _installed_version(p)) for p in DOCTOR_PACKAGES]
     device = get_device()
-    device_rows = [("device", _device_name(device))]
+    device_rows = [("device", describe_device(device))]
     if torch.cuda.is_available():
         device_rows.append(("cuda", f"{torch.version.cuda}, {torch.cuda.device_count()} GPU(s)"))
     try:
@@ -347,7 +286,9 @@ def _doctor_report(data_root: Path | None) -> list[tuple[str, list[tuple[str, st
         device_rows.append(("profile", f"{profile.name} (requested {profile.requested})"))
     except ValueError as exc:
         device_rows.append(("profile", f"invalid: {exc}"))
-    device_rows.append(("threads", f"torch {torch.get_num_threads()}, cpus {os.cpu_count()}"))
+    threads, cpus = torch.get_num_threads(), usable_cpus()
+    device_rows.append(("threads", f"torch {threads}, usable cpus {cpus} (of {os.cpu_count()})"
+                        + (" -- more threads than cpus: set OMP_NUM_THREADS" if threads > cpus else "")))
 
     root = data_root or default_root()
     data_rows = [("root", str(root.resolve())), ("digits", "present (bundled with scikit-learn)"),
@@ -382,7 +323,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = (add_grade_command, add_exercises_command, add_train_command, add_doctor_command)
+COMMANDS = (add_grade_command, add_exercises_command, add_train_command, add_embed_command, add_doctor_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,10 +8,13 @@ CPU and ``full`` when a GPU is present.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +38,63 @@ def get_device(prefer: str | None = None) -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota.
+
+    A container limited by a quota (cgroup ``cpu.max``) still shows all the host's CPUs to
+    ``os.cpu_count()``; torch would then start more threads than it gets cores, and on 2 cores
+    8 threads make a SmallCNN step 1.7x slower than 2 (measured, see benchmarks/README.md).
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(count, math.ceil(quota))) if quota else count
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time the cgroup allows (cgroup v2 ``cpu.max``, else v1 ``cfs_quota_us``); None: unlimited."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def fit_threads_to_cpus() -> int:
+    """Lower torch's intra-op threads to :func:`usable_cpus` when it has more; return the thread count."""
+    cpus = usable_cpus()
+    if torch.get_num_threads() > cpus:
+        torch.set_num_threads(cpus)
+    return torch.get_num_threads()
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Temporarily use n torch intra-op threads (None: leave torch's setting alone).
+
+    For small models on a CPU: each op on a few thousand numbers finishes before a second
+    thread would have started, and on a busy machine waiting for the other thread costs far
+    more than the work (measured: about 10x the CPU time per step with 2 threads).
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -108,14 +168,18 @@ def get_profile(name: str | None = None, device: torch.device | str | None = Non
     return Profile(name=resolved, requested=requested, device=device)
 
 
+def describe_device(device: torch.device | str) -> str:
+    """A device with the GPU's name when it is one: ``"cuda (NVIDIA H200)"``, ``"cpu"``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def summary(profile: Profile | None = None) -> str:
     """One line a notebook prints: versions, device, threads and profile."""
     profile = profile or get_profile()
-    dev = profile.device
-    if dev.type == "cuda":
-        dev_desc = f"cuda ({torch.cuda.get_device_name(dev)})"
-    else:
-        dev_desc = dev.type
+    dev_desc = describe_device(profile.device)
     return (
         f"clcourse | python {platform.python_version()} | torch {torch.__version__} | "
         f"device {dev_desc} | threads {torch.get_num_threads()} | "

@@ -1,19 +1,22 @@
-"""Contrastive losses across processes: gather negatives from every process, with gradients.
+"""Training on several processes: the process group, gathering across processes with gradients,
+and the data-parallel wrapper of a method.
 
-With data-parallel training each process holds N samples of a global batch of
-world * N. Contrastive losses get better with more negatives, so SimCLR [1]
-(section 2.2, training with large batches, next to global batch normalisation)
-computes the loss over the whole global batch of all devices: every anchor is
-contrasted against the embeddings gathered from every device. `torch.distributed.all_gather` [2] does the gathering but returns
-tensors without a gradient; `gather_with_grad` adds the backward pass, and
-`distributed_nt_xent` / `distributed_supcon` use it so that a run on W
-processes computes the same loss and the same parameter gradients as one
-process on the concatenated batch.
+With data-parallel training each process holds N samples of a global batch of world * N.
+Contrastive losses get better with more negatives, so SimCLR [1] (section 2.2, training with
+large batches, next to global batch normalisation) computes the loss over the whole global
+batch of all devices: every anchor is contrasted against the embeddings gathered from every
+device. `torch.distributed.all_gather` [2] does the gathering but returns tensors without a
+gradient; `gather_with_grad` adds the backward pass. The losses use it when asked to:
+``nt_xent(..., gather_distributed=True)`` and ``supcon(..., gather_distributed=True)`` compute,
+on W processes, the same loss and the same parameter gradients as one process on the
+concatenated batch. A method exposes the choice as its own ``gather_distributed`` argument
+(see :class:`clcourse.methods.base.Method`); :class:`DistributedMethod` wraps a method for
+DistributedDataParallel and refuses one that would silently train on local negatives only.
 
 The gradient convention, in one place. Let process r hold x_r [N, ...], let
 X = [x_0; ...; x_{W-1}] be the gathered batch and L_s the loss that process s
 computes from its own anchors against X, scaled so that the global loss is
-L = (1/W) * sum_s L_s (what these losses return). `gather_with_grad`'s backward
+L = (1/W) * sum_s L_s (what the losses return). `gather_with_grad`'s backward
 gives process r
 
     x_r.grad = sum_s dL_s/dx_r = W * dL/dx_r,
@@ -28,7 +31,7 @@ uses the same SUM convention.
 
 Launch a script with ``torchrun --nproc_per_node=K script.py`` and call
 `setup_from_env()` at its start; run without torchrun, the same script runs in
-one process and these losses are the plain ones of `clcourse.losses`.
+one process and every function here is the identity.
 
 References
 ----------
@@ -36,31 +39,18 @@ References
     Representations", ICML. Section 2.2: large batches over many devices, global BN.
 [2] PyTorch documentation, torch.distributed.all_gather and all_reduce,
     https://pytorch.org/docs/stable/distributed.html#torch.distributed.all_gather
-[3] Khosla et al., SupCon, 2020. "Supervised Contrastive Learning", NeurIPS.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from clcourse.device import get_device
-from clcourse.losses import (
-    _SUPCON_VARIANTS,
-    _check_choice,
-    _check_labels,
-    _check_number,
-    _check_tensor,
-    _normalized,
-    _rank,
-    _shape,
-    nt_xent,
-    supcon,
-    supcon_anchor_losses,
-)
 
 __all__ = [
     "is_distributed",
@@ -68,9 +58,10 @@ __all__ = [
     "world_size",
     "setup_from_env",
     "cleanup",
+    "all_gather_cat",
+    "all_reduce_sum",
     "gather_with_grad",
-    "distributed_nt_xent",
-    "distributed_supcon",
+    "DistributedMethod",
 ]
 
 # The variables torchrun sets for every process it starts (env:// rendezvous).
@@ -140,8 +131,13 @@ def cleanup() -> None:
 # --------------------------------------------------------------------------- gather
 
 
-def _all_gather_cat(x: Tensor) -> Tensor:
-    """all_gather [2] then concatenate along dim 0, without autograd: [N, ...] -> [world * N, ...]."""
+def all_gather_cat(x: Tensor) -> Tensor:
+    """all_gather [2] then concatenate along dim 0, without autograd: [N, ...] -> [world * N, ...].
+
+    Process r's rows come at r * N : (r + 1) * N. Not distributed: x itself.
+    """
+    if world_size() == 1:
+        return x
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())  # collectives need contiguous buffers
     return torch.cat(parts)
@@ -153,7 +149,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.rows = x.shape[0]
-        return _all_gather_cat(x)
+        return all_gather_cat(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -189,116 +185,102 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return _GatherWithGrad.apply(x)
 
 
-# --------------------------------------------------------------------------- losses
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """The elementwise sum of x over all processes, without autograd (x itself when not distributed).
 
-
-def _own_anchors_supcon(z: Tensor, labels: Tensor | None, temperature: float, variant: str) -> Tensor:
-    """SupCon [3] of this process's anchors against the gathered batch, scaled for the global mean.
-
-    z: [N, V, D] or [M, D] (already checked), labels [N] / [M] or None (instance ids).
-    Per-anchor losses are those of `clcourse.losses.supcon`; the global loss is their mean over
-    the C anchors (of all processes) that have a positive. This process returns
-    W * (sum of its anchors' losses) / C, so that the mean over processes is the global loss.
-    Anchors are rows of the local z; only the candidates are gathered.
+    For statistics a method needs over the global batch, such as the row and column sums of
+    SwAV's Sinkhorn-Knopp. Returns a new tensor; x is left unchanged.
     """
-    w, r = world_size(), rank()
-    n = z.shape[0]
-    if labels is None:
-        # Instance discrimination: sample i of process r is sample r * N + i of the global batch.
-        labels = torch.arange(r * n, (r + 1) * n, device=z.device)
-        all_labels = torch.arange(w * n, device=z.device)
-    else:
-        labels = labels.to(z.device)
-        all_labels = _all_gather_cat(labels)
+    if world_size() == 1:
+        return x
+    total = x.detach().contiguous().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
 
-    (x,) = _normalized(z)  # rows are normalised locally, before gathering: same values, less work
-    all_x = gather_with_grad(x)
-    if z.dim() == 3:
-        v = z.shape[1]
-        # View-major rows as in `supcon`: row v * (W N) + j is view v of global sample j.
-        anchors, anchor_labels = x.transpose(0, 1).reshape(v * n, -1), labels.repeat(v)
-        candidates, candidate_labels = all_x.transpose(0, 1).reshape(v * w * n, -1), all_labels.repeat(v)
-        offsets = torch.arange(v, device=z.device).unsqueeze(1) * (w * n)
-        anchor_index = (offsets + r * n + torch.arange(n, device=z.device)).reshape(-1)
-    else:
-        anchors, anchor_labels = x, labels
-        candidates, candidate_labels = all_x, all_labels
-        anchor_index = r * n + torch.arange(n, device=z.device)
 
-    # Global count of anchors with a positive, from the gathered labels: identical on every
-    # process, so no extra collective, and every process raises (or not) alike.
-    # Counted per label, not with a [C, C] match matrix, which would outgrow the logits.
-    _, label_of, label_count = torch.unique(candidate_labels, return_inverse=True, return_counts=True)
-    n_valid = (label_count[label_of] > 1).sum()
-    if n_valid == 0:
-        m = candidates.shape[0]
-        raise ValueError(
-            "supcon needs at least one anchor with a positive (two embeddings with the same label), "
-            f"got {m} embeddings (over {w} processes) with {m} distinct labels"
+# --------------------------------------------------------------------------- data-parallel methods
+
+
+class _TrainingStep(nn.Module):
+    """``forward(batch) = method.training_step(batch)``: what DistributedDataParallel wraps.
+
+    DDP synchronises gradients only for outputs of its own ``forward``, so the
+    whole training step has to run inside it.
+    """
+
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch):
+        """The wrapped method's loss of ``batch``."""
+        return self.method.training_step(batch)
+
+
+class DistributedMethod:
+    """A method trained with DistributedDataParallel, in the shape :func:`~clcourse.train.fit` expects.
+
+    - Negatives: the method must have been built with ``gather_distributed=True``, so its loss
+      draws negatives (and SupCon's positives, MoCo's queued keys) from every process [1].
+      A method built without it, or one that cannot gather, is refused unless
+      ``local_negatives=True`` says that each process contrasting its own share is meant.
+    - Batch norm: with ``sync_batch_norm`` (default: on CUDA when the method's class asks
+      for it, ``sync_batch_norm = True``) statistics are computed over the global batch,
+      SimCLR's "global BN" [1]: with per-process statistics, a positive pair normalised on the
+      same device can leak that it belongs together. MoCo keeps its own guard, shuffle-BN,
+      per process. ``SyncBatchNorm`` runs on GPUs only; on CPUs each process normalises its share.
+    - A key encoder without gradients (MoCo) needs no ``find_unused_parameters``: DDP reduces
+      only parameters that require one.
+    - Buffers are not broadcast every step: BN's running statistics are read only in eval
+      mode, and queues stay equal on every process because the keys are gathered; checkpoints
+      come from rank 0.
+    - ``training_step`` returns this process's loss for the backward, but its *value* is the
+      mean over processes (one scalar all_reduce), so the history and the progress bar show the
+      global loss: with gathered negatives that is the loss of the global batch.
+    - ``state_dict``, ``to``, ``train``, ``on_step_end``... are the wrapped method's, so
+      checkpoints load into a plain method.
+    """
+
+    def __init__(self, method: nn.Module, device: torch.device | str, *, sync_batch_norm: bool | None = None,
+                 local_negatives: bool = False):
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not is_distributed():
+            raise ValueError("DistributedMethod needs an initialised process group (setup_from_env)")
+        gathers = getattr(method, "gather_distributed", None)
+        if not gathers and not local_negatives:
+            how = ("was built with gather_distributed=False" if gathers is False
+                   else "cannot gather negatives across processes")
+            raise ValueError(
+                f"{type(method).__name__} {how}: on {world_size()} processes each would contrast only "
+                "against its own share of the batch. Build it with gather_distributed=True, or pass "
+                "local_negatives=True to DistributedMethod to train that way on purpose"
+            )
+        device = torch.device(device)
+        if sync_batch_norm is None:
+            sync_batch_norm = device.type == "cuda" and getattr(method, "sync_batch_norm", False)
+        if sync_batch_norm:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        self.method = method.to(device)
+        self.sync_batch_norm = sync_batch_norm
+        # Newer PyTorch renamed broadcast_buffers (syncing at init, which we want, is kept either way).
+        no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+            DistributedDataParallel).parameters else "broadcast_buffers")
+        self.ddp = DistributedDataParallel(
+            _TrainingStep(self.method), device_ids=[device.index] if device.type == "cuda" else None,
+            **{no_buffer_sync: False},
         )
 
-    # A process may be left with no anchor that has a positive; its empty sum still joins the
-    # graph, so it still takes part in the backward all_reduce.
-    per_anchor = supcon_anchor_losses(anchors, anchor_labels, candidates, candidate_labels, anchor_index, temperature, variant)
-    return per_anchor.sum() * (w / n_valid.to(per_anchor.dtype))
+    def training_step(self, batch) -> torch.Tensor:
+        """This process's loss (for backward), carrying the mean over processes as its value."""
+        loss = self.ddp(batch)
+        mean = loss.detach().float().clone()
+        dist.all_reduce(mean)
+        mean /= dist.get_world_size()
+        return loss + (mean.to(loss.dtype) - loss.detach())
 
-
-def distributed_nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
-    """NT-Xent [1] with negatives from every process.
-
-    Shapes: z1, z2 [N, D] on each process (the same N everywhere): this process's two views;
-    returns a scalar.
-
-    Each process computes the loss of its own 2N anchors against all 2 * W * N gathered
-    embeddings; the positive of local row i is global row rank * N + i of the other view.
-    The returned value is the mean over this process's anchors, so the mean over processes
-    equals `clcourse.losses.nt_xent` on the concatenated batch [z1 of rank 0; z1 of rank 1; ...],
-    and with DDP the parameter gradients equal it too (convention: module docstring).
-    Not distributed (or world size 1): exactly `clcourse.losses.nt_xent`.
-    """
-    _check_tensor("z1", z1, "[N, D]")
-    _check_tensor("z2", z2, "[N, D]")
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape [N, D], got {_shape(z1)} and {_shape(z2)}")
-    if world_size() == 1:
-        return nt_xent(z1, z2, temperature)
-    if z1.shape[0] < 1:
-        raise ValueError(f"distributed_nt_xent needs at least one pair per process (N >= 1), got shape {_shape(z1)}")
-    t = _check_number("temperature", temperature)
-    # NT-Xent is SupCon with one positive per anchor (both variants agree then).
-    return _own_anchors_supcon(torch.stack([z1, z2], dim=1), None, t, "out")
-
-
-def distributed_supcon(
-    z: Tensor, labels: Tensor | None = None, temperature: float = 0.1, variant: str = "out"
-) -> Tensor:
-    """Supervised contrastive loss [3] with positives and negatives from every process.
-
-    Shapes: z [N, V, D] (V views of N samples) or [M, D] (flat), labels [N] resp. [M]
-    integer, or None for instance discrimination (needs [N, V, D]); the same N (or M) on
-    every process. Returns a scalar.
-
-    Each process computes the losses of its own anchors against all gathered embeddings and
-    labels (so positives can live on other processes). The global loss, as in
-    `clcourse.losses.supcon`, is the mean over the C anchors of the whole batch that have a
-    positive; this process returns W * (sum of its anchors' losses) / C, so the mean over
-    processes equals `supcon` on the concatenated batch, and with DDP so do the parameter
-    gradients (convention: module docstring). When every anchor has a positive this is
-    simply the mean over the process's own anchors.
-    Not distributed (or world size 1): exactly `clcourse.losses.supcon`.
-    """
-    _check_tensor("z", z, "[N, V, D]" if _rank(z) == 3 else "[M, D]", "[N, V, D] or [M, D]")
-    if z.dim() == 2 and labels is None:
-        raise ValueError(
-            f"labels=None (instance discrimination) needs z of shape [N, V, D] so that views of a "
-            f"sample can be paired, got flat z of shape {_shape(z)}"
-        )
-    if labels is not None:
-        _check_labels(labels, z.shape[0], "sample (z is [N, V, D])" if z.dim() == 3 else "row of z")
-    if world_size() == 1:
-        return supcon(z, labels, temperature, variant)
-    if z.shape[0] < 1:
-        raise ValueError(f"distributed_supcon needs at least one sample per process, got z of shape {_shape(z)}")
-    t = _check_number("temperature", temperature)
-    _check_choice("variant", variant, _SUPCON_VARIANTS)
-    return _own_anchors_supcon(z, labels, t, variant)
+    def __getattr__(self, name: str):
+        # Only reached for names not set in __init__: everything else is the method's.
+        if name in ("method", "ddp"):
+            raise AttributeError(name)
+        return getattr(self.method, name)

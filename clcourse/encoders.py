@@ -17,17 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 import torchvision
+from torch import nn
 
-
-def _check_images(x: torch.Tensor, in_channels: int) -> None:
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(
-            f"expected images [B, {in_channels}, H, W], got shape {list(x.shape)}"
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"expected a floating-point image tensor, got dtype {x.dtype}")
+from clcourse.checks import check_images
 
 
 class SmallCNN(nn.Module):
@@ -73,37 +66,47 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(4 * width * pool_size**2, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_images(x, self.in_channels)
+        check_images(x, self.in_channels)
         return self.fc(self.features(x))
 
 
-class ResNet18Cifar(nn.Module):
-    """ResNet-18 [2] with the CIFAR stem used by SimCLR on 32 px images [1] (appendix B.9).
+class ResNet18(nn.Module):
+    """ResNet-18 [2] without its classifier, with the stem chosen for the image size.
 
-    torchvision's ResNet-18 with conv1 replaced by a 3x3 stride-1 convolution,
-    the max-pool removed and the classifier dropped.
+    - ``stem="cifar"``: conv1 a 3x3 stride-1 convolution and no max-pool, SimCLR's
+      modification for 32 px images [1] (appendix B.9);
+    - ``stem="imagenet"``: torchvision's 7x7 stride-2 convolution and max-pool, for 96 px
+      STL-10 and larger, where the CIFAR stem (no downsampling) would cost 9x the compute.
 
     Shapes: [B, in_channels, H, W] -> [B, 512].
     """
 
-    def __init__(self, in_channels: int = 3):
+    STEMS = ("cifar", "imagenet")
+
+    def __init__(self, in_channels: int = 3, stem: str = "cifar"):
         super().__init__()
+        if stem not in self.STEMS:
+            raise ValueError(f"stem must be one of {self.STEMS}, got {stem!r}")
         net = torchvision.models.resnet18(weights=None)
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
+        if stem == "cifar":
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         net.fc = nn.Identity()
         self.net = net
         self.in_channels = in_channels
+        self.stem = stem
         self.out_dim = 512
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_images(x, self.in_channels)
+        check_images(x, self.in_channels)
         return self.net(x)
 
 
-def resnet18_cifar(in_channels: int = 3) -> ResNet18Cifar:
-    """Build a ResNet-18 with the CIFAR stem; see :class:`ResNet18Cifar`."""
-    return ResNet18Cifar(in_channels)
+def resnet18_cifar(in_channels: int = 3) -> ResNet18:
+    """A ResNet-18 with the CIFAR stem [1]; see :class:`ResNet18`."""
+    return ResNet18(in_channels, stem="cifar")
 
 
 class MLP(nn.Module):

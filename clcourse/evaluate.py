@@ -18,7 +18,7 @@ directions).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clcourse.losses import alignment, uniformity
+from clcourse.train import eval_mode
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -71,10 +72,8 @@ def extract_features(
         images, labels = data, None
     elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         images, labels = data
-    was_training = encoder.training
-    encoder.eval()
     feats = []
-    try:
+    with eval_mode(encoder):
         if images is not None:
             for i in range(0, len(images), batch_size):
                 feats.append(encoder(images[i : i + batch_size].to(device)).float().cpu())
@@ -85,8 +84,6 @@ def extract_features(
                 feats.append(encoder(x.to(device)).float().cpu())
                 ys.append(torch.as_tensor(y))
             labels = torch.cat(ys)
-    finally:
-        encoder.train(was_training)
     return torch.cat(feats), labels
 
 
@@ -254,3 +251,161 @@ def effective_rank(features: torch.Tensor) -> float:
     p = s / s.sum()
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
+
+
+# --------------------------------------------------------------------------- before and after the head
+
+
+@torch.no_grad()
+def head_features(model: nn.Module, data, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Representations h = f(x) and projections z = g(h) of a SimCLR-style model [1, section 4.2].
+
+    Args:
+        model: has ``encoder`` (f) and ``projector`` (g), like :class:`clcourse.methods.SimCLR`.
+        data: what :func:`clcourse.evaluate.extract_features` takes (images, a pair, a dataset).
+
+    Returns:
+        h [N, D_h], z [N, D_z] (float32, CPU; both in eval mode) and the labels (or ``None``).
+    """
+    h, labels = extract_features(model.encoder, data, batch_size=batch_size)
+    z, _ = extract_features(model.projector, h, batch_size=batch_size)
+    return h, z, labels
+
+
+def transformation_predictions(
+    train_x, train_t, test_x, alphas: Sequence[float] = tuple(np.logspace(-2, 4, 13)),
+) -> np.ndarray:
+    """Fit the linear read-out of :func:`transformation_probe` and return its predictions on ``test_x`` [M].
+
+    Ridge regression on standardised features, the penalty chosen among ``alphas`` by
+    leave-one-out cross-validation on the training set.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, ttr, xte = _as_numpy(train_x), _as_numpy(train_t), _as_numpy(test_x)
+    if xtr.ndim != 2 or xte.ndim != 2 or xtr.shape[1] != xte.shape[1]:
+        raise ValueError(f"features must be [N, D] and [M, D], got {list(xtr.shape)} and {list(xte.shape)}")
+    if ttr.shape != (len(xtr),):
+        raise ValueError(f"train targets must be [N] with N = {len(xtr)}, got {list(ttr.shape)}")
+    if np.ptp(ttr) == 0:
+        raise ValueError("the target is constant (is that augmentation switched off?): nothing to predict")
+    scaler = StandardScaler().fit(xtr)
+    model = RidgeCV(alphas=list(alphas)).fit(scaler.transform(xtr), ttr)
+    return model.predict(scaler.transform(xte))
+
+
+def transformation_probe(
+    train_x, train_t, test_x, test_t, alphas: Sequence[float] = tuple(np.logspace(-2, 4, 13)),
+) -> float:
+    """How well a linear regression reads an augmentation parameter off frozen features: test R^2.
+
+    The read-out of :func:`transformation_predictions`, scored by R^2 on held-out views:
+    1 = perfect, 0 = no better than predicting the mean (can be negative). A linear stand-in
+    for the MLPs of [1] (section 4.2, table 3), which predict the transformation applied to an image from
+    h or from g(h).
+
+    Args:
+        train_x [N, D], train_t [N]: features of augmented views and the parameter to predict.
+        test_x [M, D], test_t [M]: the same for held-out views.
+    """
+    tte = _as_numpy(test_t)
+    if tte.shape != (len(test_x),):
+        raise ValueError(f"test targets must be [M] with M = {len(test_x)}, got {list(tte.shape)}")
+    if np.ptp(tte) == 0:
+        raise ValueError("the test target is constant: R^2 is undefined")
+    pred = transformation_predictions(train_x, train_t, test_x, alphas)
+    return float(1 - ((tte - pred) ** 2).sum() / ((tte - tte.mean()) ** 2).sum())
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- evaluation protocols of a run
+
+PROBE_FRACTIONS = (("1%", 0.01), ("10%", 0.1), ("100%", None))
+
+
+def evaluate_representation(
+    encoder: nn.Module,
+    eval_train,
+    eval_test,
+    *,
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    draws: int = 5,
+    device: torch.device | str | None = None,
+) -> dict:
+    """The image-representation protocol: kNN [2] and linear probes [1] of frozen features, and their effective rank [4].
+
+    Args:
+        encoder: maps [B, C, H, W] to [B, D] (a method's encoder: its head is dropped).
+        eval_train, eval_test: labelled data (e.g. :class:`~clcourse.data.ImageData`); features
+            are extracted in eval mode.
+        knn_k, knn_temperature: of the weighted kNN on all training labels.
+        draws: label draws averaged by the 1% and 10% probes; 100% of the labels is one fit.
+
+    Returns:
+        ``{"knn": {"accuracy", "k", "temperature"}, "linear_probe": {"1%" | "10%" | "100%":
+        {"mean", "std", "accuracies", "n_labels", "draws"}}, "effective_rank": float,
+        "feature_dim": int}``; accuracies in [0, 1].
+    """
+    train_x, train_y = extract_features(encoder, eval_train, device=device)
+    test_x, test_y = extract_features(encoder, eval_test, device=device)
+    knn = knn_accuracy(train_x, train_y, test_x, test_y, k=knn_k, temperature=knn_temperature)
+    probes = {}
+    for name, fraction in PROBE_FRACTIONS:
+        result = linear_probe(train_x, train_y, test_x, test_y, label_fraction=fraction, seeds=range(draws))
+        probes[name] = dict(mean=result.mean, std=result.std, accuracies=result.accuracies,
+                            n_labels=result.n_labels, draws=len(result.accuracies))
+    return {
+        "knn": {"accuracy": knn, "k": knn_k, "temperature": knn_temperature},
+        "linear_probe": probes,
+        "effective_rank": effective_rank(test_x),
+        "feature_dim": int(train_x.shape[1]),
+    }
+
+
+def representation_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The report lines of :func:`evaluate_representation`'s metrics: ``[(name, text), ...]``."""
+    rows = [(f"kNN (k={metrics['knn']['k']})", f"{100 * metrics['knn']['accuracy']:.1f}%")]
+    for name, probe in metrics["linear_probe"].items():
+        spread = f" ± {100 * probe['std']:.1f}" if probe["draws"] > 1 else ""
+        rows.append((f"linear probe {name}", f"{100 * probe['mean']:.1f}%{spread} "
+                                             f"({probe['n_labels']} labels, {probe['draws']} draw(s))"))
+    rows.append(("effective rank", f"{metrics['effective_rank']:.1f} of {metrics['feature_dim']}"))
+    return rows
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a trained method is measured, by name in a recipe's ``evaluation``.
+
+    Attributes:
+        run: ``run(method, eval_train, eval_test, *, device, **options) -> metrics``, a
+            JSON-able dict (written to a run's ``metrics.json``).
+        rows: ``rows(metrics) -> [(name, text), ...]``, the lines of the run's report.
+
+    Later lessons add their own: mIoU and Dice for segmentation, mAP for detection, episode
+    return for reinforcement learning, F1 for aspect detection.
+    """
+
+    run: Callable[..., dict]
+    rows: Callable[[dict], list[tuple[str, str]]]
+
+
+def _method_representation(method: nn.Module, eval_train, eval_test, **options) -> dict:
+    """:func:`evaluate_representation` of a method's encoder (its head is dropped)."""
+    return evaluate_representation(method.encoder, eval_train, eval_test, **options)
+
+
+PROTOCOLS: dict[str, Protocol] = {"representation": Protocol(_method_representation, representation_rows)}

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clcourse.train import fit
+from clcourse.checks import check_images
+from clcourse.train import eval_mode, fit
 
 __all__ = ["Classifier", "accuracy", "fine_tune", "train_supervised"]
 
@@ -83,15 +84,11 @@ class Classifier(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Predicted classes of images [N, C, H, W]: int64 [N] on the CPU (eval mode, batched)."""
-        _check_images(images)
+        check_images(images, batch="N")
         device = _module_device(self)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             parts = [self(images[i : i + batch_size].to(device)).argmax(1).cpu()
                      for i in range(0, len(images), batch_size)]
-        finally:
-            self.train(was_training)
         return torch.cat(parts)
 
     def accuracy(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
@@ -152,8 +149,7 @@ def fine_tune(
     Returns:
         the trained :class:`Classifier` (eval mode), with ``step_loss`` filled.
 
-    [1] Chen et al., SimCLR, ICML 2020, section 6. [2] Chen et al., SimCLRv2, NeurIPS 2020
-    (which fine-tunes from the first layer of the projection head; here from the encoder output).
+    SimCLRv2 [2] fine-tunes from the first layer of the projection head; here from the encoder output.
     """
     encoder_lr = lr / 100 if encoder_lr is None else encoder_lr
     _check_number("encoder_lr", encoder_lr, allow_zero=True)
@@ -195,8 +191,7 @@ def train_supervised(
         ValueError: a module of the encoder holds parameters but has no
             ``reset_parameters()``, so it cannot be re-initialised.
 
-    [1] Chen et al., SimCLR, ICML 2020 (the "supervised baseline" of table 7).
-    [3] Zhai et al., S4L, ICCV 2019.
+    This is the "supervised baseline" of [1] (table 7) and of [3].
     """
     return _train_classifier(
         copy.deepcopy(encoder), train_images, train_labels, num_classes=num_classes, reset=True,
@@ -307,17 +302,8 @@ def _module_device(module: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _check_images(images) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a tensor [N, C, H, W], got {type(images).__name__}")
-    if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(
-            f"images must be a float tensor [N, C, H, W], got {images.dtype} of shape {list(images.shape)}"
-        )
-
-
 def _check_labelled(images, labels) -> None:
-    _check_images(images)
+    check_images(images, batch="N")
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be an int64 tensor [N], got {type(labels).__name__}")
     if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point() or labels.dtype == torch.bool:

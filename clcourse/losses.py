@@ -27,18 +27,23 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from clcourse.checks import check_choice, check_labels, check_number, check_tensor, shape_of
+from clcourse.distributed import all_gather_cat, gather_with_grad, rank, world_size
+
 __all__ = [
     "nt_xent",
     "info_nce",
+    "info_nce_from_similarities",
     "triplet_margin",
     "mine_triplets",
+    "all_triplets_loss",
+    "pairwise_distance",
     "supcon",
     "supcon_anchor_losses",
     "alignment",
@@ -50,64 +55,12 @@ __all__ = [
 _DISTANCES = ("euclidean", "cosine")
 _STRATEGIES = ("all", "hard", "semi-hard")
 _SUPCON_VARIANTS = ("out", "in")
-
-
-# --------------------------------------------------------------------------- input checks
-
-
-def _shape(x: Tensor) -> str:
-    return str(list(x.shape))
+# mine_triplets(strategy="all") lists triplets as three int64 indices: 20 million of them take 480 MB.
+MAX_LISTED_TRIPLETS = 20_000_000
 
 
 def _rank(x) -> int | None:
     return x.dim() if isinstance(x, Tensor) else None
-
-
-def _check_tensor(name: str, x, layout: str, accepted: str | None = None) -> None:
-    """Check that `x` is a floating tensor with features whose rank matches `layout`, e.g. "[N, D]".
-
-    `accepted` describes every layout the caller takes, for the message when the rank is wrong.
-    """
-    ndim = layout.count(",") + 1
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {accepted or layout}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(
-            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
-            f"got {x.dtype}; embeddings are real vectors, cast with .float()"
-        )
-    if x.dim() != ndim:
-        raise ValueError(f"{name} must be {accepted or f'{ndim}-D {layout}'}, got shape {_shape(x)}")
-    if x.shape[-1] == 0:
-        raise ValueError(f"{name} must have at least one feature (D >= 1), got shape {_shape(x)}")
-
-
-def _check_labels(labels, n: int, what: str) -> None:
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of shape [{n}], got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex():
-        raise ValueError(f"labels must be an integer tensor (class ids), got {labels.dtype}")
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape [{n}] (one per {what}), got {_shape(labels)}")
-
-
-def _check_number(name: str, value, *, minimum: float = 0.0, strict: bool = True) -> float:
-    """Return `value` as a float after checking it is finite and > minimum (>= if not strict)."""
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    ok = value > minimum if strict else value >= minimum
-    if not (ok and math.isfinite(value)):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {relation} {minimum:g}, got {value}")
-    return value
-
-
-def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def _outside_autocast(loss_fn):
@@ -183,11 +136,18 @@ class _NTXentFunction(torch.autograd.Function):
 
 
 @_outside_autocast
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, gather_distributed: bool = False) -> Tensor:
     """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR [1].
 
     Shapes: z1, z2 [N, D], the projections of two views of the same N samples (row i of z1 and
     row i of z2 are a positive pair); returns a scalar.
+
+    gather_distributed: under torch.distributed with W > 1 processes, contrast every anchor
+    against the embeddings of all processes (2WN - 2 negatives, SimCLR's global batch [1],
+    section 2.2); the mean over processes of the returned values is then the loss of the
+    concatenated batch, and so are DDP's averaged gradients (see :mod:`clcourse.distributed`).
+    Each process passes its own N pairs (the same N everywhere). Without a process group, or
+    with False, the loss of this process's batch alone.
 
     In words: L2-normalise all 2N embeddings; every embedding is an anchor whose positive is the
     other view of its sample and whose 2N - 2 negatives are all other embeddings. Its loss is
@@ -203,15 +163,20 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     benchmarks/bench_nt_xent.py); float16 / bfloat16 inputs are computed in float32. The
     gradient is not itself differentiable (no double backward).
     """
-    _check_tensor("z1", z1, "[N, D]")
-    _check_tensor("z2", z2, "[N, D]")
+    check_tensor("z1", z1, "[N, D]")
+    check_tensor("z2", z2, "[N, D]")
     if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape [N, D], got {_shape(z1)} and {_shape(z2)}")
-    if z1.shape[0] < 2:
+        raise ValueError(f"z1 and z2 must have the same shape [N, D], got {shape_of(z1)} and {shape_of(z2)}")
+    across_processes = gather_distributed and world_size() > 1
+    if z1.shape[0] < (1 if across_processes else 2):
         raise ValueError(
-            f"nt_xent needs at least 2 pairs (N >= 2) so that every anchor has a negative, got N = {z1.shape[0]}"
+            f"nt_xent needs at least 2 pairs (N >= 2) so that every anchor has a negative "
+            f"(at least 1 pair per process when gathering), got N = {z1.shape[0]}"
         )
-    t = _check_number("temperature", temperature)
+    t = check_number("temperature", temperature)
+    if across_processes:
+        # NT-Xent is SupCon with one positive per anchor (both variants agree then).
+        return _supcon_across_processes(torch.stack([z1, z2], dim=1), None, t, "out")
     (z,) = _normalized(torch.cat([z1, z2]))  # normalisation stays in autograd
     return _NTXentFunction.apply(z, t)
 
@@ -256,41 +221,60 @@ def info_nce(
     With beta = 0 and tau+ = 0 this is exactly plain InfoNCE. Computed in log space (float32
     at least), so small temperatures do not overflow.
     """
-    _check_tensor("query", query, "[N, D]")
-    _check_tensor("positive", positive, "[N, D]")
+    check_tensor("query", query, "[N, D]")
+    check_tensor("positive", positive, "[N, D]")
     if query.shape != positive.shape:
         raise ValueError(
-            f"query and positive must have the same shape [N, D], got {_shape(query)} and {_shape(positive)}"
+            f"query and positive must have the same shape [N, D], got {shape_of(query)} and {shape_of(positive)}"
         )
     if query.shape[0] < 1:
-        raise ValueError(f"info_nce needs at least one query (N >= 1), got shape {_shape(query)}")
+        raise ValueError(f"info_nce needs at least one query (N >= 1), got shape {shape_of(query)}")
     n, d = query.shape
     expected = f"[K, {d}] (shared) or [{n}, K, {d}] (per query)"
-    _check_tensor("negatives", negatives, "[N, K, D]" if _rank(negatives) == 3 else "[K, D]", expected)
+    check_tensor("negatives", negatives, "[N, K, D]" if _rank(negatives) == 3 else "[K, D]", expected)
     if negatives.shape[-1] != d or (negatives.dim() == 3 and negatives.shape[0] != n):
-        raise ValueError(f"negatives must have shape {expected} to match query {_shape(query)}, got {_shape(negatives)}")
+        raise ValueError(f"negatives must have shape {expected} to match query {shape_of(query)}, got {shape_of(negatives)}")
     k = negatives.shape[-2]
     if k < 1:
-        raise ValueError(f"info_nce needs at least one negative (K >= 1), got negatives of shape {_shape(negatives)}")
-    t = _check_number("temperature", temperature)
-    beta = _check_number("hard_negative_beta", hard_negative_beta, strict=False)
-    tau_plus = _check_number("debiased_tau_plus", debiased_tau_plus, strict=False)
+        raise ValueError(f"info_nce needs at least one negative (K >= 1), got negatives of shape {shape_of(negatives)}")
+    t = check_number("temperature", temperature)
+    beta = check_number("hard_negative_beta", hard_negative_beta, strict=False)
+    tau_plus = check_number("debiased_tau_plus", debiased_tau_plus, strict=False)
     if tau_plus >= 1:
         raise ValueError(f"debiased_tau_plus is a probability in [0, 1), got {tau_plus}")
 
-    q, p, neg = _normalized(query, positive, negatives)
-    pos_logit = (q * p).sum(dim=1) / t  # [N]
-    if neg.dim() == 2:
-        neg_logits = q @ neg.t() / t  # [N, K]
+    q, p = _normalized(query, positive)
+    pos_sim = (q * p).sum(dim=1)  # [N]
+    if negatives.dim() == 2:
+        (neg,) = _normalized(negatives)
+        neg_sim = q @ neg.t()  # [N, K]
     else:
-        neg_logits = torch.bmm(neg, q.unsqueeze(2)).squeeze(2) / t  # [N, K]
+        # Per-query negatives [N, K, D]: dot products first, then divide by the norms, so the
+        # N*K*D tensor is only read (twice), never written out normalised.
+        neg = negatives.to(q.dtype)
+        norms = torch.linalg.vector_norm(neg, dim=2).clamp_min(1e-12)  # F.normalize's eps
+        neg_sim = torch.bmm(neg, q.unsqueeze(2)).squeeze(2) / norms  # [N, K]
+    return _info_nce_of_similarities(pos_sim, neg_sim, t, beta, tau_plus, reduction="mean")
 
+
+def _info_nce_of_similarities(
+    pos_sim: Tensor, neg_sim: Tensor, t: float, beta: float, tau_plus: float, reduction: str = "none"
+) -> Tensor:
+    """InfoNCE [2] (with [4]'s beta and [5]'s tau+) of checked similarities [N], [N, K].
+
+    Returns per-query losses [N] (``reduction="none"``) or their mean (``"mean"``: plain
+    InfoNCE then is exactly ``F.cross_entropy``'s own mean, which differs from ``.mean()`` of
+    the per-query losses in the last bits).
+    """
+    pos_logit, neg_logits = pos_sim / t, neg_sim / t
     if beta == 0.0 and tau_plus == 0.0:
         logits = torch.cat([pos_logit.unsqueeze(1), neg_logits], dim=1)
-        return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=logits.device))
+        target = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+        return F.cross_entropy(logits, target, reduction=reduction)
 
     # Everything below is a log of a positive quantity, so terms can be compared and shifted
     # before exponentiating: at t = 0.01 exp(s / t) reaches e^100, beyond float32.
+    k = neg_sim.shape[1]
     log_k = math.log(k)
     # log(K * sum_k w_k neg_k) = log K + logsumexp((beta + 1) l) - logsumexp(beta l)
     log_ng = log_k + torch.logsumexp((beta + 1.0) * neg_logits, dim=1) - torch.logsumexp(beta * neg_logits, dim=1)
@@ -303,7 +287,39 @@ def info_nce(
     # -log(pos / (pos + Ng)) = log(pos + Ng) - log pos, with pos and Ng scaled by e^{-shift};
     # (shift - pos_logit) first, as the two are often equal and large.
     loss = torch.log(torch.exp(pos_logit - shift) + ng) + (shift - pos_logit)
-    return loss.mean()
+    return loss.mean() if reduction == "mean" else loss
+
+
+def info_nce_from_similarities(
+    pos_sim: Tensor,
+    neg_sim: Tensor,
+    temperature: float,
+    *,
+    hard_negative_beta: float = 0.0,
+    debiased_tau_plus: float = 0.0,
+) -> Tensor:
+    """Per-query InfoNCE from cosine similarities: pos_sim [N], neg_sim [N, K] -> losses [N].
+
+    The estimator of :func:`info_nce` (whose value is the mean of these losses) written on
+    similarities instead of embeddings, so that the gradient with respect to each negative's
+    logit can be read off (lesson 04's negatives explorer does). With l = s / t,
+    pos = exp(l_pos), Ng = K * sum_k w_k exp(l_k), w = softmax(beta * l) [4], then
+    Ng <- (Ng - tau+ K pos) / (1 - tau+) [5] and Ng >= K e^{-1/t} when an option is on, the
+    loss is log(pos + Ng) - l_pos.
+    """
+    if not isinstance(pos_sim, Tensor) or not isinstance(neg_sim, Tensor):
+        raise TypeError(f"pos_sim and neg_sim must be tensors [N] and [N, K], got {type(pos_sim).__name__} "
+                        f"and {type(neg_sim).__name__}")
+    if pos_sim.dim() != 1 or neg_sim.dim() != 2 or neg_sim.shape[0] != pos_sim.shape[0] or neg_sim.shape[1] < 1:
+        raise ValueError(
+            f"pos_sim must be [N] and neg_sim [N, K] with K >= 1, got {shape_of(pos_sim)} and {shape_of(neg_sim)}"
+        )
+    t = check_number("temperature", temperature)
+    beta = check_number("hard_negative_beta", hard_negative_beta, strict=False)
+    tau_plus = check_number("debiased_tau_plus", debiased_tau_plus, strict=False)
+    if tau_plus >= 1:
+        raise ValueError(f"debiased_tau_plus is a probability in [0, 1), got {tau_plus}")
+    return _info_nce_of_similarities(pos_sim, neg_sim, t, beta, tau_plus)
 
 
 # --------------------------------------------------------------------------- triplets
@@ -316,11 +332,20 @@ def _paired_distance(x: Tensor, y: Tensor, distance: str) -> Tensor:
     return 1.0 - (x * y).sum(dim=1)
 
 
-def _distance_matrix(x: Tensor, distance: str) -> Tensor:
-    """All pairwise distances between the unit rows of x, [N, N]."""
+def pairwise_distance(z: Tensor, distance: str = "euclidean") -> Tensor:
+    """Distances between the L2-normalised rows of z [M, D] -> [M, M], as in `triplet_margin`.
+
+    "euclidean": |a - b| on the unit sphere, sqrt(2 - 2 cos), in [0, 2]; "cosine": 1 - cos(a, b),
+    in [0, 2]. Computed in float32 at least (float64 stays float64). Differentiable: coincident
+    points get distance 1e-6 and a zero gradient (sqrt has no derivative at 0; the clamp's
+    gradient is 0 below its minimum, so the infinite slope never propagates).
+    """
+    check_tensor("z", z, "[M, D]")
+    check_choice("distance", distance, _DISTANCES)
+    (x,) = _normalized(z)
     cos = x @ x.t()
     if distance == "euclidean":
-        return (2.0 - 2.0 * cos).clamp_(min=0.0).sqrt_()  # |a - b|^2 = 2 - 2 cos for unit vectors
+        return (2.0 - 2.0 * cos).clamp(min=1e-12).sqrt()  # |a - b|^2 = 2 - 2 cos for unit vectors
     return 1.0 - cos
 
 
@@ -346,14 +371,14 @@ def triplet_margin(
     still part of the graph, so `.backward()` works on every batch.
     """
     for name, x in (("anchor", anchor), ("positive", positive), ("negative", negative)):
-        _check_tensor(name, x, "[T, D]")
+        check_tensor(name, x, "[T, D]")
     if not anchor.shape == positive.shape == negative.shape:
         raise ValueError(
             "anchor, positive and negative must have the same shape [T, D], got "
-            f"{_shape(anchor)}, {_shape(positive)} and {_shape(negative)}"
+            f"{shape_of(anchor)}, {shape_of(positive)} and {shape_of(negative)}"
         )
-    m = _check_number("margin", margin, strict=False)
-    _check_choice("distance", distance, _DISTANCES)
+    m = check_number("margin", margin, strict=False)
+    check_choice("distance", distance, _DISTANCES)
     a, p, n = _normalized(anchor, positive, negative)
     if a.shape[0] == 0:
         return a.sum() * 0.0
@@ -378,9 +403,10 @@ def mine_triplets(
     labels[a] == labels[p], a != p and labels[n] != labels[a]. Strategies:
 
     - "all": every valid triplet, easy ones (zero loss) included, in (a, p, n) lexicographic
-      order; there are O(N^3) of them, so keep N in the hundreds. Averaging over all of them
-      lets the many easy triplets dilute the loss (Hermans et al. [7] average only over the
-      non-zero ones, "batch all").
+      order; there are O(N^3) of them, so more than MAX_LISTED_TRIPLETS (20 million, 480 MB of
+      indices) raise a ValueError: `all_triplets_loss` gives their mean loss without listing
+      them. Averaging over all of them lets the many easy triplets dilute the loss (Hermans et
+      al. [7] average only over the non-zero ones, "batch all").
     - "hard": batch-hard [7]: one triplet per anchor, with its farthest positive and its nearest
       negative; anchors without a positive or without a negative are skipped.
     - "semi-hard" (FaceNet [6]): for every positive pair (a, p), the nearest negative that is
@@ -391,16 +417,15 @@ def mine_triplets(
       otherwise every negative is beyond the margin, the pair would cost nothing and is dropped.
 
     Ties go to the lowest index. No gradient flows through mining.
-    Cites: [6] Schroff et al., FaceNet, 2015; [7] Hermans et al., 2017.
     """
-    _check_tensor("embeddings", embeddings, "[N, D]")
+    check_tensor("embeddings", embeddings, "[N, D]")
     n = embeddings.shape[0]
     if n < 2:
-        raise ValueError(f"mine_triplets needs at least 2 embeddings (N >= 2), got shape {_shape(embeddings)}")
-    _check_labels(labels, n, "embedding")
-    _check_choice("strategy", strategy, _STRATEGIES)
-    m = _check_number("margin", margin, strict=False)
-    _check_choice("distance", distance, _DISTANCES)
+        raise ValueError(f"mine_triplets needs at least 2 embeddings (N >= 2), got shape {shape_of(embeddings)}")
+    check_labels(labels, n, "embedding")
+    check_choice("strategy", strategy, _STRATEGIES)
+    m = check_number("margin", margin, strict=False)
+    check_choice("distance", distance, _DISTANCES)
 
     labels = labels.to(embeddings.device)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
@@ -409,11 +434,9 @@ def mine_triplets(
     neg_mask = ~same
 
     if strategy == "all":
-        valid = pos_mask.unsqueeze(2) & neg_mask.unsqueeze(1)  # [a, p, n]
-        return valid.nonzero(as_tuple=True)
+        return _all_valid_triplets(pos_mask, neg_mask)
 
-    (x,) = _normalized(embeddings)
-    dist = _distance_matrix(x, distance)
+    dist = pairwise_distance(embeddings, distance)
     if strategy == "hard":
         anchors = (pos_mask.any(dim=1) & neg_mask.any(dim=1)).nonzero().squeeze(1)
         hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).argmax(dim=1)
@@ -434,11 +457,70 @@ def mine_triplets(
     return a[keep], p[keep], chosen[keep]
 
 
+def _all_valid_triplets(pos_mask: Tensor, neg_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Every (a, p, n) with pos_mask[a, p] and neg_mask[a, n], lexicographic; masks [N, N] -> 3 x [T].
+
+    Built a block of anchors at a time, so the boolean [anchors, N, N] mask stays small; the
+    result itself is refused above MAX_LISTED_TRIPLETS.
+    """
+    n = pos_mask.shape[0]
+    count = int((pos_mask.sum(dim=1) * neg_mask.sum(dim=1)).sum())
+    if count > MAX_LISTED_TRIPLETS:
+        raise ValueError(
+            f"this batch of {n} has {count:,} valid triplets; listing them would take {24 * count / 1e9:.1f} GB "
+            f"(the limit is {MAX_LISTED_TRIPLETS:,}). Use all_triplets_loss(z, labels, margin) for their mean "
+            "loss without listing them, or strategy 'hard' or 'semi-hard'"
+        )
+    block = max(1, 2**24 // (n * n))  # anchors per block: a boolean mask of at most 16 MB
+    parts = []
+    for start in range(0, n, block):
+        valid = pos_mask[start : start + block].unsqueeze(2) & neg_mask[start : start + block].unsqueeze(1)
+        a, p, neg = valid.nonzero(as_tuple=True)
+        parts.append((a + start, p, neg))
+    return tuple(torch.cat(column) for column in zip(*parts))
+
+
+@_outside_autocast
+def all_triplets_loss(z: Tensor, labels: Tensor, margin: float = 0.2, distance: str = "euclidean") -> Tensor:
+    """Mean triplet loss [6] over every valid triplet of a batch, without listing the triplets.
+
+    Shapes: z [M, D], labels [M] integer; returns a scalar. The same value (up to rounding) as
+    ``triplet_margin(z[a], z[p], z[n], margin)`` on ``mine_triplets(z, labels, "all")``, but
+    from one [M, M] distance matrix and a [P, M] slice per positive pair: gathering the O(M^3)
+    triplets as [T, D] rows costs hundreds of MB at M = 512. Zero (still in the graph) when
+    the batch has no valid triplet.
+    """
+    check_tensor("z", z, "[M, D]")
+    check_labels(labels, z.shape[0], "row of z")
+    m = check_number("margin", margin, strict=False)
+    dist = pairwise_distance(z, distance)
+    labels = labels.to(z.device)
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    eye = torch.eye(len(labels), dtype=torch.bool, device=z.device)
+    a, p = (same & ~eye).nonzero(as_tuple=True)
+    neg = (~same)[a]  # [P, M]: the negatives of each positive pair's anchor
+    if not neg.any():
+        return z.sum() * 0.0
+    # index_select and gather rather than dist[a], dist[a, p]: on the CPU their backward sums
+    # repeated indices in a fixed order, so training is reproducible run to run.
+    rows = dist.index_select(0, a)  # [P, M]: d(a, .) for every positive pair
+    d_ap = rows.gather(1, p.unsqueeze(1))  # [P, 1]
+    violation = (d_ap - rows + m).masked_fill(~neg, 0.0)
+    return F.relu(violation).sum() / neg.sum()
+
+
 # --------------------------------------------------------------------------- SupCon
 
 
 @_outside_autocast
-def supcon(z: Tensor, labels: Tensor | None = None, temperature: float = 0.1, variant: str = "out") -> Tensor:
+def supcon(
+    z: Tensor,
+    labels: Tensor | None = None,
+    temperature: float = 0.1,
+    variant: str = "out",
+    *,
+    gather_distributed: bool = False,
+) -> Tensor:
     """Supervised contrastive loss (Khosla et al. [8]).
 
     Shapes: z [N, V, D] (V views of N samples) or [M, D] (flat); labels [N] resp. [M], integer;
@@ -456,29 +538,35 @@ def supcon(z: Tensor, labels: Tensor | None = None, temperature: float = 0.1, va
 
     L = mean of l_i over anchors that have at least one positive (a flat batch may hold a
     label only once). Unlike the authors' code, the loss is not rescaled by t / 0.07.
+
+    gather_distributed: under torch.distributed with W > 1 processes, positives and negatives
+    come from the embeddings and labels of every process (the same N or M on each); the mean
+    over processes of the returned values is the loss of the concatenated batch, and so are
+    DDP's averaged gradients (see :mod:`clcourse.distributed`).
     """
-    _check_tensor("z", z, "[N, V, D]" if _rank(z) == 3 else "[M, D]", "[N, V, D] or [M, D]")
+    check_tensor("z", z, "[N, V, D]" if _rank(z) == 3 else "[M, D]", "[N, V, D] or [M, D]")
+    if z.dim() == 2 and labels is None:
+        raise ValueError(
+            f"labels=None (instance discrimination) needs z of shape [N, V, D] so that views of a "
+            f"sample can be paired, got flat z of shape {shape_of(z)}"
+        )
+    if labels is not None:
+        check_labels(labels, z.shape[0], "sample (z is [N, V, D])" if z.dim() == 3 else "row of z")
+    across_processes = gather_distributed and world_size() > 1
+    if z.shape[0] < 1 or (not across_processes and z.shape[0] * (z.shape[1] if z.dim() == 3 else 1) < 2):
+        raise ValueError(f"supcon needs at least 2 embeddings, got z of shape {shape_of(z)}")
+    t = check_number("temperature", temperature)
+    check_choice("variant", variant, _SUPCON_VARIANTS)
+    if across_processes:
+        return _supcon_across_processes(z, labels, t, variant)
+
     if z.dim() == 3:
         n, v, _ = z.shape
-        if labels is None:
-            labels = torch.arange(n, device=z.device)
-        else:
-            _check_labels(labels, n, "sample (z is [N, V, D])")
+        labels = torch.arange(n, device=z.device) if labels is None else labels
         # view-major order: row v * N + i is view v of sample i
         flat, flat_labels = z.transpose(0, 1).reshape(n * v, -1), labels.to(z.device).repeat(v)
     else:
-        if labels is None:
-            raise ValueError(
-                f"labels=None (instance discrimination) needs z of shape [N, V, D] so that views of a "
-                f"sample can be paired, got flat z of shape {_shape(z)}"
-            )
-        _check_labels(labels, z.shape[0], "row of z")
         flat, flat_labels = z, labels.to(z.device)
-    if flat.shape[0] < 2:
-        raise ValueError(f"supcon needs at least 2 embeddings, got z of shape {_shape(z)}")
-    t = _check_number("temperature", temperature)
-    _check_choice("variant", variant, _SUPCON_VARIANTS)
-
     (x,) = _normalized(flat)
     m = x.shape[0]
     if not (flat_labels.unsqueeze(0) == flat_labels.unsqueeze(1)).sum() > m:
@@ -488,6 +576,59 @@ def supcon(z: Tensor, labels: Tensor | None = None, temperature: float = 0.1, va
         )
     self_index = torch.arange(m, device=x.device)
     return supcon_anchor_losses(x, flat_labels, x, flat_labels, self_index, t, variant).mean()
+
+
+def _supcon_across_processes(z: Tensor, labels: Tensor | None, temperature: float, variant: str) -> Tensor:
+    """SupCon [8] of this process's anchors against the batch gathered from every process.
+
+    z: [N, V, D] or [M, D] (already checked), labels [N] / [M] or None (instance ids).
+    Per-anchor losses are those of `supcon`; the global loss is their mean over the C anchors
+    (of all processes) that have a positive. This process returns W * (sum of its anchors'
+    losses) / C, so that the mean over processes is the global loss (the gradient convention
+    of :mod:`clcourse.distributed`). Anchors are rows of the local z; only the candidates are
+    gathered.
+    """
+    w, r = world_size(), rank()
+    n = z.shape[0]
+    if labels is None:
+        # Instance discrimination: sample i of process r is sample r * N + i of the global batch.
+        labels = torch.arange(r * n, (r + 1) * n, device=z.device)
+        all_labels = torch.arange(w * n, device=z.device)
+    else:
+        labels = labels.to(z.device)
+        all_labels = all_gather_cat(labels)
+
+    (x,) = _normalized(z)  # rows are normalised locally, before gathering: same values, less work
+    all_x = gather_with_grad(x)
+    if z.dim() == 3:
+        v = z.shape[1]
+        # View-major rows as in `supcon`: row v * (W N) + j is view v of global sample j.
+        anchors, anchor_labels = x.transpose(0, 1).reshape(v * n, -1), labels.repeat(v)
+        candidates, candidate_labels = all_x.transpose(0, 1).reshape(v * w * n, -1), all_labels.repeat(v)
+        offsets = torch.arange(v, device=z.device).unsqueeze(1) * (w * n)
+        anchor_index = (offsets + r * n + torch.arange(n, device=z.device)).reshape(-1)
+    else:
+        anchors, anchor_labels = x, labels
+        candidates, candidate_labels = all_x, all_labels
+        anchor_index = r * n + torch.arange(n, device=z.device)
+
+    # Global count of anchors with a positive, from the gathered labels: identical on every
+    # process, so no extra collective, and every process raises (or not) alike.
+    # Counted per label, not with a [C, C] match matrix, which would outgrow the logits.
+    _, label_of, label_count = torch.unique(candidate_labels, return_inverse=True, return_counts=True)
+    n_valid = (label_count[label_of] > 1).sum()
+    if n_valid == 0:
+        m = candidates.shape[0]
+        raise ValueError(
+            "supcon needs at least one anchor with a positive (two embeddings with the same label), "
+            f"got {m} embeddings (over {w} processes) with {m} distinct labels"
+        )
+
+    # A process may be left with no anchor that has a positive; its empty sum still joins the
+    # graph, so it still takes part in the backward all_reduce.
+    per_anchor = supcon_anchor_losses(anchors, anchor_labels, candidates, candidate_labels, anchor_index,
+                                      temperature, variant)
+    return per_anchor.sum() * (w / n_valid.to(per_anchor.dtype))
 
 
 def supcon_anchor_losses(
@@ -501,9 +642,8 @@ def supcon_anchor_losses(
 ) -> Tensor:
     """Per-anchor SupCon losses [8] of anchors that have a positive, against a set of candidates.
 
-    The shared core of :func:`supcon` (anchors = candidates) and of
-    :func:`clcourse.distributed.distributed_supcon` (local anchors, candidates gathered from
-    every process). Inputs must already be checked and L2-normalised.
+    The shared core of :func:`supcon` on one batch (anchors = candidates) and across processes
+    (local anchors, candidates gathered from every process). Inputs must already be checked and L2-normalised.
 
     Shapes: anchors [A, D], anchor_labels [A], candidates [C, D], candidate_labels [C],
     self_index [A] (the row of each anchor among the candidates, excluded from its
@@ -535,13 +675,13 @@ def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
     In words: the mean over pairs of |f(x) - f(y)|^alpha on L2-normalised embeddings
     (0 when both views map to the same point, 2^alpha at most).
     """
-    _check_tensor("z1", z1, "[N, D]")
-    _check_tensor("z2", z2, "[N, D]")
+    check_tensor("z1", z1, "[N, D]")
+    check_tensor("z2", z2, "[N, D]")
     if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape [N, D], got {_shape(z1)} and {_shape(z2)}")
+        raise ValueError(f"z1 and z2 must have the same shape [N, D], got {shape_of(z1)} and {shape_of(z2)}")
     if z1.shape[0] < 1:
-        raise ValueError(f"alignment needs at least one pair (N >= 1), got shape {_shape(z1)}")
-    a = _check_number("alpha", alpha)
+        raise ValueError(f"alignment needs at least one pair (N >= 1), got shape {shape_of(z1)}")
+    a = check_number("alpha", alpha)
     x, y = _normalized(z1, z2)
     return (x - y).norm(dim=1).pow(a).mean()
 
@@ -555,10 +695,10 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
     exp(-t |f(x_i) - f(x_j)|^2) on L2-normalised embeddings. It is 0 for a collapsed batch
     (all points equal) and approaches its minimum as the points spread evenly over the sphere.
     """
-    _check_tensor("z", z, "[N, D]")
+    check_tensor("z", z, "[N, D]")
     if z.shape[0] < 2:
-        raise ValueError(f"uniformity needs at least 2 embeddings (N >= 2), got shape {_shape(z)}")
-    scale = _check_number("t", t)
+        raise ValueError(f"uniformity needs at least 2 embeddings (N >= 2), got shape {shape_of(z)}")
+    scale = check_number("t", t)
     (x,) = _normalized(z)
     i, j = torch.triu_indices(x.shape[0], x.shape[0], offset=1, device=x.device)
     # |a - b|^2 = 2 - 2 cos: unlike pdist, its gradient stays finite for coincident points.
@@ -572,15 +712,16 @@ def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
 class NTXentLoss(nn.Module):
     """`nt_xent` as a module: `NTXentLoss(temperature)(z1, z2)`, z1, z2 [N, D] -> scalar. [1] Chen et al., SimCLR, 2020."""
 
-    def __init__(self, temperature: float = 0.5):
+    def __init__(self, temperature: float = 0.5, *, gather_distributed: bool = False):
         super().__init__()
-        self.temperature = _check_number("temperature", temperature)
+        self.temperature = check_number("temperature", temperature)
+        self.gather_distributed = gather_distributed
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        return nt_xent(z1, z2, self.temperature)
+        return nt_xent(z1, z2, self.temperature, gather_distributed=self.gather_distributed)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
+        return f"temperature={self.temperature}, gather_distributed={self.gather_distributed}"
 
 
 class SupConLoss(nn.Module):
@@ -589,14 +730,15 @@ class SupConLoss(nn.Module):
     [8] Khosla et al., SupCon, 2020.
     """
 
-    def __init__(self, temperature: float = 0.1, variant: str = "out"):
+    def __init__(self, temperature: float = 0.1, variant: str = "out", *, gather_distributed: bool = False):
         super().__init__()
-        self.temperature = _check_number("temperature", temperature)
-        _check_choice("variant", variant, _SUPCON_VARIANTS)
+        self.temperature = check_number("temperature", temperature)
+        check_choice("variant", variant, _SUPCON_VARIANTS)
         self.variant = variant
+        self.gather_distributed = gather_distributed
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        return supcon(z, labels, self.temperature, self.variant)
+        return supcon(z, labels, self.temperature, self.variant, gather_distributed=self.gather_distributed)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, variant={self.variant!r}"
+        return f"temperature={self.temperature}, variant={self.variant!r}, gather_distributed={self.gather_distributed}"

@@ -1,20 +1,27 @@
-"""Recipes: one documented configuration per method, dataset and profile.
+"""Recipes: one documented configuration per method, dataset and profile, and building a run from one.
 
 A *recipe* says everything a run needs: data, encoder, head, loss settings,
 augmentation, batch size, budget, optimiser and schedule, the evaluation
 protocol, and what accuracy to expect with the source of that number.  The
-``clcourse train`` command and the lessons build their runs from the same
-recipe with :func:`build`, so a lesson's "at full scale you would see ..."
-is the command line's result.
+``clcourse train`` command (:mod:`clcourse.runs`) and the lessons build their
+runs from the same recipe with :func:`build`, so a lesson's "at full scale you
+would see ..." is the command line's result.
 
 Two profiles (see :mod:`clcourse.device`):
 
-- ``quick``: digits at 16x16 (or procedural shapes, or a slice of CIFAR-10)
-  with :class:`~clcourse.encoders.SmallCNN`, batch 256, Adam, a budget in
-  seconds, so a run costs the same on every laptop.
+- ``quick``: digits at their native 8x8 (or procedural shapes, a slice of
+  CIFAR-10, or your own folder of images at 32x32) with
+  :class:`~clcourse.encoders.SmallCNN`, batch 256, Adam, a budget in seconds, so
+  a run costs the same on every laptop.
 - ``full``: CIFAR-10 with the CIFAR-stem ResNet-18 on one GPU, with the
   optimiser, schedule, temperature and queue of public CIFAR-10
-  reproductions, and their accuracies as the expectation; STL-10 at 96 px.
+  reproductions, and their accuracies as the expectation; STL-10 (and your
+  own folder) at 96 px with torchvision's ResNet-18 stem.
+
+The quick digits settings are the best ones ``benchmarks/`` measured for a
+60-second run on 2 CPU cores (``benchmarks/README.md`` has the figures and the
+commands): 8x8 images, a SmallCNN that keeps a 2x2 grid, channels-last weights,
+a projection head with 512 hidden units, weight decay 1e-4.
 
 The full CIFAR-10 settings, and where they come from:
 
@@ -33,12 +40,11 @@ References (``Recipe.sources`` names them by these keys):
 
 [SIMCLR] Chen et al., A Simple Framework for Contrastive Learning of Visual
     Representations (SimCLR), ICML 2020; appendix B.9 (CIFAR-10).
-[LIGHTLY] LightlySSL CIFAR-10 benchmarks,
-    https://docs.lightly.ai/self-supervised-learning/getting_started/benchmarks.html
-    and the script ``benchmarks/cifar10_benchmark.py`` it links: ResNet-18 with
-    the CIFAR stem, SGD lr 0.06 x batch/128, momentum 0.9, weight decay 5e-4,
-    cosine over the epochs, SimCLR augmentations without blur; kNN (k = 200,
-    t = 0.1) on the test set, *the maximum over all epochs*.
+[LIGHTLY] LightlySSL CIFAR-10 benchmarks, docs.lightly.ai (self-supervised-learning,
+    getting_started/benchmarks) and the script ``benchmarks/cifar10_benchmark.py`` it
+    links: ResNet-18 with the CIFAR stem, SGD lr 0.06 x batch/128, momentum 0.9,
+    weight decay 5e-4, cosine over the epochs, SimCLR augmentations without blur;
+    kNN (k = 200, t = 0.1) on the test set, *the maximum over all epochs*.
 [MOCO-DEMO] He et al., MoCo CIFAR-10 demo, github.com/facebookresearch/moco,
     ``colab/moco_cifar10_demo.ipynb``: ResNet-18 with the CIFAR stem, batch
     512, SGD lr 0.06, weight decay 5e-4, cosine, 200 epochs, K = 4096,
@@ -53,23 +59,20 @@ References (``Recipe.sources`` names them by these keys):
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from clcourse.device import get_profile, seed_everything
+from clcourse.train import Budget
 
 METHODS = ("simclr", "moco", "supcon")
-DATASETS = ("digits", "shapes", "cifar10", "stl10")
+DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
 PROFILES = ("quick", "full")
 DEFAULT_DATASET = {"quick": "digits", "full": "cifar10"}
-PROBE_FRACTIONS = (("1%", 0.01), ("10%", 0.1), ("100%", None))
 
 SOURCES = {
     "SIMCLR": "Chen et al., SimCLR, ICML 2020, appendix B.9 (CIFAR-10)",
@@ -77,7 +80,7 @@ SOURCES = {
     "https://docs.lightly.ai/self-supervised-learning/getting_started/benchmarks.html",
     "MOCO-DEMO": "MoCo CIFAR-10 demo, github.com/facebookresearch/moco colab/moco_cifar10_demo.ipynb",
     "SUPCON": "Khosla et al., Supervised Contrastive Learning, NeurIPS 2020; github.com/HobbitLong/SupContrast",
-    "DIGITS-BENCH": "benchmarks/bench_simclr_digits.py and lesson 00 of this course",
+    "DIGITS-BENCH": "benchmarks/bench_recipes.py and benchmarks/README.md of this course",
 }
 
 
@@ -86,15 +89,19 @@ class Recipe:
     """Everything one training run needs, with the expected result and its source.
 
     Attributes:
-        method: ``"simclr"``, ``"moco"`` or ``"supcon"``.
+        method: one of :data:`METHODS`.
         profile: ``"quick"`` or ``"full"``.
-        dataset: ``"digits"``, ``"shapes"``, ``"cifar10"`` or ``"stl10"``.
+        dataset: one of :data:`DATASETS`; ``"folder"`` reads ``data_path``.
+        data_path: the folder of images of ``dataset="folder"`` (ImageFolder layout).
         image_size, in_channels: the images the encoder sees, [B, in_channels, S, S].
         train_size, test_size: keep the first N images of the training / test set
             (``None``: all); the quick profile trims CIFAR-10 so that evaluation fits.
         encoder: ``"small_cnn"``, ``"resnet18_cifar"`` (3x3 stem, no max-pool [SIMCLR])
-            or ``"resnet18"`` (torchvision's 7x7 stride-2 stem, for 96 px STL-10).
-        encoder_width: width of the SmallCNN (ignored by the ResNets).
+            or ``"resnet18"`` (torchvision's 7x7 stride-2 stem, for 96 px images).
+        encoder_width, encoder_options: the SmallCNN's width and further arguments
+            (``pool_size``); ignored by the ResNets.
+        channels_last: store the weights channels-last (None: on CUDA only; see
+            :func:`clcourse.train.fit`).
         projection_dim, hidden_dim, head_layers: the projection head (``hidden_dim``
             None: the encoder's out_dim).
         temperature: of the contrastive loss.
@@ -103,12 +110,13 @@ class Recipe:
         augment: ``"digits"`` or ``"simclr"``, the :class:`~clcourse.augment.BatchedAugment`
             preset; ``augment_options`` override its knobs (e.g. ``blur_p=0``).
         batch_size: images per optimiser step, over all processes.
-        epochs / steps / seconds: the budget; exactly one is set.
+        epochs / steps / seconds: the budget; exactly one is set (:attr:`budget`).
         optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``, Nesterov off).
         lr: learning rate at ``batch_size``; ``lr_scaling="linear"`` rescales it
             when :meth:`override` changes the batch size (the linear scaling rule
             of [SIMCLR] and [LIGHTLY]); ``"none"`` keeps it.
         weight_decay, schedule (``"constant"`` | ``"cosine"``), warmup (fraction of the budget).
+        evaluation: the protocol of :data:`clcourse.evaluate.PROTOCOLS` that measures the run.
         knn_k, knn_temperature: the kNN evaluation (k = 200, t = 0.1 in [LIGHTLY]
             and [MOCO-DEMO]; k = 20, t = 0.07 in the lessons).
         probe_draws: label draws averaged by the 1% and 10% linear probes.
@@ -131,9 +139,12 @@ class Recipe:
     epochs: int | None = None
     steps: int | None = None
     seconds: float | None = None
+    data_path: str | None = None
     train_size: int | None = None
     test_size: int | None = None
     encoder_width: int = 32
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool | None = None
     projection_dim: int = 128
     hidden_dim: int | None = None
     head_layers: int = 2
@@ -145,6 +156,7 @@ class Recipe:
     lr_scaling: str = "none"
     schedule: str = "cosine"
     warmup: float = 0.0
+    evaluation: str = "representation"
     knn_k: int = 20
     knn_temperature: float = 0.07
     probe_draws: int = 5
@@ -158,12 +170,9 @@ class Recipe:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        budgets = {k: v for k, v in self.budget().items() if v is not None}
-        if len(budgets) != 1:
-            raise ValueError(f"a recipe needs exactly one budget of epochs, steps or seconds, got {budgets or 'none'}")
-        (kind, value), = budgets.items()
-        if value <= 0:
-            raise ValueError(f"{kind} must be > 0, got {value}")
+        if (self.dataset == "folder") != (self.data_path is not None):
+            raise ValueError("dataset 'folder' needs a data_path (and only it): --dataset folder:PATH")
+        self.budget  # exactly one budget, > 0
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.lr <= 0 or self.temperature <= 0:
@@ -175,9 +184,10 @@ class Recipe:
         if not isinstance(self.probe_draws, int) or self.probe_draws < 1:
             raise ValueError(f"probe_draws must be a positive int, got {self.probe_draws!r}")
 
-    def budget(self) -> dict[str, float | None]:
-        """``{"epochs": ..., "steps": ..., "seconds": ...}``, exactly one not None (for :func:`~clcourse.train.fit`)."""
-        return {"epochs": self.epochs, "steps": self.steps, "seconds": self.seconds}
+    @property
+    def budget(self) -> Budget:
+        """The recipe's :class:`~clcourse.train.Budget` (epochs, steps or seconds)."""
+        return Budget.of(self.epochs, self.steps, self.seconds)
 
     def override(self, **changes) -> Recipe:
         """A copy with ``changes`` applied; ``None`` values are ignored (unset command-line options).
@@ -190,11 +200,15 @@ class Recipe:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown recipe fields {sorted(unknown)}")
-        if {"epochs", "steps", "seconds"} & set(changes):
-            changes = {"epochs": None, "steps": None, "seconds": None, **changes}
+        if set(Budget.KINDS) & set(changes):
+            changes = {**dict.fromkeys(Budget.KINDS), **changes}
         if "batch_size" in changes and "lr" not in changes and self.lr_scaling == "linear":
             changes["lr"] = self.lr * changes["batch_size"] / self.batch_size
         return dataclasses.replace(self, **changes)
+
+    def evaluation_options(self) -> dict[str, Any]:
+        """Keyword arguments of the recipe's evaluation protocol."""
+        return dict(knn_k=self.knn_k, knn_temperature=self.knn_temperature, draws=self.probe_draws)
 
     def as_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-able values (written to ``metrics.json``)."""
@@ -202,17 +216,24 @@ class Recipe:
         d["sources"] = {key: SOURCES[key] for key in self.sources}
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        """The recipe :meth:`as_dict` wrote (a run's ``metrics.json["config"]``)."""
+        d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        d["sources"] = tuple(d.get("sources") or ())
+        return cls(**d)
+
     def summary(self) -> str:
         """A few lines a run prints before it starts: what is trained, how, and what to expect."""
-        budget = ", ".join(f"{v:g} {k}" for k, v in self.budget().items() if v is not None)
         opt = f"{self.optimizer.upper()} lr {self.lr:g}"
         if self.optimizer == "sgd":
             opt += f" momentum {self.momentum:g}"
         opt += f" wd {self.weight_decay:g}, {self.schedule}" + (f", warm-up {self.warmup:.0%}" if self.warmup else "")
         options = "".join(f", {k} {v}" for k, v in self.method_options.items())
+        data = f"{self.dataset}:{self.data_path}" if self.data_path else self.dataset
         lines = [
-            f"recipe  {self.method} / {self.dataset} / {self.profile}: {self.encoder} at "
-            f"{self.image_size}x{self.image_size}, batch {self.batch_size}, {budget}",
+            f"recipe  {self.method} / {data} / {self.profile}: {self.encoder} at "
+            f"{self.image_size}x{self.image_size}, batch {self.batch_size}, {self.budget}",
             f"        {opt}; temperature {self.temperature:g}{options}",
         ]
         if self.expected:
@@ -226,56 +247,70 @@ class Recipe:
 def _quick_data(dataset: str) -> dict[str, Any]:
     """Data, encoder and augmentation of the quick profile for ``dataset``."""
     if dataset == "digits":
-        return dict(image_size=16, in_channels=1, augment="digits")
+        # The digits' native size; the SmallCNN keeps its last 2x2 map (where the strokes are).
+        # A head of 512 hidden units, weight decay 1e-4, lr 3e-3 after a 5% warm-up and channels-last
+        # weights: each measured in benchmarks/README.md.
+        return dict(image_size=8, in_channels=1, augment="digits", encoder_options={"pool_size": 2},
+                    hidden_dim=512, weight_decay=1e-4, lr=3e-3, warmup=0.05, channels_last=True)
     if dataset == "shapes":
         return dict(image_size=32, in_channels=3, augment="simclr", train_size=5000, test_size=2000)
     if dataset == "cifar10":
         # 10k / 2k images: the probes on 128-d features then take seconds, not minutes, on a CPU.
         return dict(image_size=32, in_channels=3, augment="simclr", augment_options={"blur_p": 0.0},
                     train_size=10000, test_size=2000)
+    if dataset == "folder":
+        return dict(image_size=32, in_channels=3, augment="simclr")
     raise ValueError(
         f"{dataset} runs at 96x96 with a ResNet-18 in the full profile only; use --profile full "
-        "(a GPU), or digits, shapes or cifar10 in the quick profile"
+        "(a GPU), or digits, shapes, cifar10 or folder:PATH in the quick profile"
     )
 
 
-def _small_data_recipe(method: str, profile: str, dataset: str) -> Recipe:
-    """Quick profile (and ``full`` on digits / shapes): SmallCNN, batch 256, Adam 2e-3, cosine.
+# The quick profile's loss settings per method: the papers' CIFAR-10 temperatures, and on the digits
+# the temperatures that measured best there in 60-second runs (benchmarks/README.md).
+_QUICK_LOSS = {
+    "simclr": dict(temperature=0.5),
+    "moco": dict(temperature=0.2, method_options=dict(queue_size=1024, momentum=0.99, shuffle_bn_groups=4)),
+    "supcon": dict(temperature=0.1, method_options=dict(variant="out")),
+}
+_DIGITS_TEMPERATURE = {"simclr": 1.0, "moco": 0.5, "supcon": 0.1}
+_QUICK_NOTES = {
+    "simclr": "",
+    # K = 1024 < 1257 digits: an image's own key from the previous epoch has left the queue before
+    # the image comes back, so it is (almost) never its own negative.
+    "moco": "MoCo v2 settings [MOCO-DEMO] scaled to a 1,257-image dataset: K 1024, m 0.99, t 0.2 (MoCo v2); "
+            "on the digits t 0.5, with which the probes read 1-1.5 points higher at 10% of the labels and about "
+            "7 at 1%. ",
+    "supcon": "t 0.1 and L_out as recommended in [SUPCON]. ",
+}
+_MEASURED = ("60 s on 2 idle CPU threads (about 1,250-1,400 steps) gave, over 3 seeds, a linear probe of about "
+             "{} with 1% of the labels and {} with 10% (raw pixels: 57% and 89.5%; a random encoder: 57% and 89%; "
+             "benchmarks/README.md)")
+_QUICK_EXPECTED = {
+    "simclr": _MEASURED.format("90% (89-91%)", "97.5% (97.1-98.1%)"),
+    "moco": _MEASURED.format("80% (79.5-81%)", "96.7% (96.4-96.8%)"),
+    "supcon": _MEASURED.format("96% (95.6-96.6%)", "99% (99.0-99.3%)") + ", with every label in training; "
+              "cross-entropy for the same number of steps: 98.2% test accuracy",
+}
 
-    Digits at 16x16, what the later lessons train on (lesson 06 uses this recipe).
-    Lesson 00 and ``benchmarks/bench_simclr_digits.py`` train SimCLR at the
-    digits' native 8x8 instead, which meets the course's 60-second targets (at
-    least 80% linear-probe accuracy with 1% of the labels and 97% with 10%).
-    MoCo and SupCon keep everything but their own loss settings, so the lessons
-    compare methods at equal cost.
+
+def _small_data_recipe(method: str, profile: str, dataset: str, data_path: str | None) -> Recipe:
+    """Quick profile (and ``full`` on digits / shapes): SmallCNN, batch 256, Adam with cosine decay.
+
+    MoCo and SupCon keep everything but their own loss settings, so the lessons compare
+    methods at equal cost.
     """
     data = _quick_data(dataset)
     budget = dict(seconds=60.0) if profile == "quick" else dict(epochs=300 if dataset == "digits" else 100)
-    common = dict(method=method, profile=profile, dataset=dataset, encoder="small_cnn", encoder_width=32,
-                  batch_size=256, optimizer="adam", lr=2e-3, weight_decay=1e-6, schedule="cosine",
-                  sources=("DIGITS-BENCH",), **budget, **data)
     busy = ("The budget is wall-clock seconds: a busy machine fits fewer steps in it and scores lower; "
             "give --steps or --epochs for a fixed amount of training. " if profile == "quick" else "")
-    digits_simclr = (
-        "60 s on 2 idle CPU threads (about 480 steps) gave a linear probe of about 72% with 1% of the labels and "
-        "95% with 10% (raw pixels: about 59% and 89%; kNN about 97%); --steps 200 gave about 65% and 93%. "
-        "benchmarks/bench_simclr_digits.py and lesson 00 train the digits at their native 8x8 (about 3x cheaper "
-        "steps, channels-last weights, a 2x2 pooled grid, t 1.0) and reach about 89% and 97.5%"
-    )
-    if method == "simclr":
-        expected = digits_simclr if dataset == "digits" and profile == "quick" else ""
-        return Recipe(temperature=0.5, expected=expected, notes=busy, **common)
-    if method == "moco":
-        return Recipe(
-            temperature=0.2,
-            # K = 1024 < 1257 digits: an image's own key from the previous epoch has left the
-            # queue before the image comes back, so it is (almost) never its own negative.
-            method_options=dict(queue_size=1024, momentum=0.99, shuffle_bn_groups=4),
-            notes=busy + "MoCo v2 settings [MOCO-DEMO] scaled to a 1,257-image dataset: K 1024, t 0.2 (MoCo v2).",
-            **common,
-        )
-    return Recipe(temperature=0.1, method_options=dict(variant="out"),
-                  notes=busy + "t 0.1 and L_out as recommended in [SUPCON].", **common)
+    expected = _QUICK_EXPECTED[method] if dataset == "digits" and profile == "quick" else ""
+    settings = dict(encoder="small_cnn", encoder_width=32, batch_size=256, optimizer="adam", lr=2e-3,
+                    schedule="cosine", **_QUICK_LOSS[method], **budget)
+    if dataset == "digits":
+        settings["temperature"] = _DIGITS_TEMPERATURE[method]
+    return Recipe(method=method, profile=profile, dataset=dataset, data_path=data_path, sources=("DIGITS-BENCH",),
+                  expected=expected, notes=busy + _QUICK_NOTES[method], **{**settings, **data})
 
 
 def _cifar_recipe(method: str) -> Recipe:
@@ -326,21 +361,22 @@ def _cifar_recipe(method: str) -> Recipe:
     )
 
 
-def _stl10_recipe(method: str) -> Recipe:
-    """The full profile on STL-10 at 96 px: the CIFAR-10 recipe with torchvision's ResNet-18 stem.
+def _large_image_recipe(method: str, dataset: str, data_path: str | None) -> Recipe:
+    """The full profile at 96 px (STL-10, your folder): the CIFAR-10 recipe with torchvision's ResNet-18 stem.
 
-    SimCLR and MoCo train on the 105,000 images of ``train+unlabeled``; SupCon on
+    SimCLR and MoCo train on STL-10's 105,000 images of ``train+unlabeled``; SupCon on
     the 5,000 labelled ``train`` images.  These settings are ours, not a
     reproduction: no expected accuracy is claimed.
     """
     cifar = _cifar_recipe(method)
     options = {k: v for k, v in cifar.augment_options.items() if k != "blur_p"}  # blur helps at 96 px [SIMCLR]
     return dataclasses.replace(
-        cifar, dataset="stl10", image_size=96, encoder="resnet18", augment_options=options,
+        cifar, dataset=dataset, image_size=96, encoder="resnet18", augment_options=options,
         epochs=100 if method != "supcon" else 200,
         expected="", sources=cifar.sources,
         notes="Our extrapolation of the CIFAR-10 recipe (7x7 stride-2 stem at 96 px, Gaussian blur on); "
-              "not checked against a published STL-10 number.",
+              "not checked against a published number.",
+        data_path=data_path,
     )
 
 
@@ -348,11 +384,12 @@ def get_recipe(method: str, profile: str | None = None, dataset: str | None = No
     """The recipe for ``method`` on ``dataset`` in ``profile``.
 
     Args:
-        method: ``"simclr"``, ``"moco"`` or ``"supcon"``.
+        method: one of :data:`METHODS`.
         profile: ``"quick"``, ``"full"``, ``"auto"`` or None (``$CLCOURSE_PROFILE``,
             default auto: quick on a CPU, full on a GPU).
-        dataset: ``"digits"``, ``"shapes"``, ``"cifar10"``, ``"stl10"``; None = digits
-            in the quick profile, cifar10 in the full one.
+        dataset: ``"digits"``, ``"shapes"``, ``"cifar10"``, ``"stl10"`` or ``"folder:PATH"``
+            (a folder of your images, ImageFolder layout); None = digits in the quick
+            profile, cifar10 in the full one.
 
     Raises:
         ValueError: an unknown name, or stl10 in the quick profile.
@@ -363,13 +400,18 @@ def get_recipe(method: str, profile: str | None = None, dataset: str | None = No
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} or 'auto', got {profile!r}")
     dataset = DEFAULT_DATASET[profile] if dataset is None else dataset
+    dataset, _, data_path = dataset.partition(":")
     if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        raise ValueError(f"dataset must be one of {DATASETS} (folder as folder:PATH), got {dataset!r}")
+    if (dataset == "folder") != bool(data_path):
+        raise ValueError("give your images as folder:PATH, e.g. --dataset folder:~/pictures "
+                         "(one sub-folder per class)" if dataset == "folder"
+                         else f"only the folder dataset takes a path, got {dataset}:{data_path}")
     if profile == "full" and dataset == "cifar10":
         return _cifar_recipe(method)
-    if profile == "full" and dataset == "stl10":
-        return _stl10_recipe(method)
-    return _small_data_recipe(method, profile, dataset)
+    if profile == "full" and dataset in ("stl10", "folder"):
+        return _large_image_recipe(method, dataset, data_path or None)
+    return _small_data_recipe(method, profile, dataset, data_path or None)
 
 
 # --------------------------------------------------------------------------- building a run
@@ -383,7 +425,7 @@ def _stl10_images(dataset):
     """An STL-10 split as float16 `ImageData` in [0, 1].
 
     float16 halves the memory of the 105,000 96x96 images of train+unlabeled
-    (6 GB instead of 12 GB); :class:`_ViewAugment` turns each batch back into float32.
+    (6 GB instead of 12 GB); :class:`~clcourse.data.ViewLoader` turns each batch back into float32.
     """
     from clcourse.data import ImageData
 
@@ -399,6 +441,7 @@ def load_datasets(recipe: Recipe, *, root: str | Path | None = None, download: b
 
     Raises:
         clcourse.data.DatasetNotFoundError: CIFAR-10 / STL-10 missing and not downloaded.
+        FileNotFoundError, ValueError: a folder that is missing, empty or not in the layout.
     """
     from clcourse import data
 
@@ -409,6 +452,9 @@ def load_datasets(recipe: Recipe, *, root: str | Path | None = None, download: b
         # Distinct seeds: the test images are new draws of the same distribution.
         train = data.make_shapes(recipe.train_size or 5000, recipe.image_size, seed=0)
         test = data.make_shapes(recipe.test_size or 2000, recipe.image_size, seed=1)
+    elif recipe.dataset == "folder":
+        train = data.load_folder(recipe.data_path, recipe.image_size, split="train")
+        test = data.load_folder(recipe.data_path, recipe.image_size, split="test")
     elif recipe.dataset == "cifar10":
         train = data.as_image_data(data.cifar10(root, train=True, download=download))
         test = data.as_image_data(data.cifar10(root, train=False, download=download))
@@ -424,46 +470,35 @@ def load_datasets(recipe: Recipe, *, root: str | Path | None = None, download: b
 
 def build_encoder(recipe: Recipe) -> nn.Module:
     """The recipe's encoder: [B, in_channels, S, S] -> [B, out_dim]."""
-    from clcourse.encoders import SmallCNN, resnet18_cifar
+    from clcourse.encoders import ResNet18, SmallCNN
 
     if recipe.encoder == "small_cnn":
-        return SmallCNN(recipe.in_channels, width=recipe.encoder_width, out_dim=128)
+        return SmallCNN(recipe.in_channels, width=recipe.encoder_width, **{"out_dim": 128, **recipe.encoder_options})
     if recipe.encoder == "resnet18_cifar":
-        return resnet18_cifar(recipe.in_channels)
+        return ResNet18(recipe.in_channels, stem="cifar")
     if recipe.encoder == "resnet18":
-        return _ResNet18(recipe.in_channels)
+        return ResNet18(recipe.in_channels, stem="imagenet")
     raise ValueError(f"encoder must be 'small_cnn', 'resnet18_cifar' or 'resnet18', got {recipe.encoder!r}")
 
 
-class _ResNet18(nn.Module):
-    """torchvision's ResNet-18 with its 7x7 stride-2 stem, without classifier: [B, C, H, W] -> [B, 512].
-
-    For 96 px STL-10, where the CIFAR stem (no downsampling) would cost 9x the compute.
-    """
-
-    def __init__(self, in_channels: int = 3):
-        super().__init__()
-        import torchvision
-
-        net = torchvision.models.resnet18(weights=None)
-        if in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        net.fc = nn.Identity()
-        self.net = net
-        self.out_dim = 512
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> [B, 512] pooled features."""
-        return self.net(x)
-
-
-def build_method(recipe: Recipe) -> nn.Module:
-    """The recipe's method module (fresh weights from the global RNG; :func:`build` seeds it first)."""
+def method_class(name: str) -> type[nn.Module]:
+    """The :class:`~clcourse.methods.Method` subclass that trains under ``name`` (one of :data:`METHODS`)."""
     from clcourse.methods import MoCo, SimCLR, SupCon
 
-    cls = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon}[recipe.method]
-    return cls(build_encoder(recipe), projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim,
-               head_layers=recipe.head_layers, temperature=recipe.temperature, **recipe.method_options)
+    classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon}
+    if name not in classes:
+        raise ValueError(f"method must be one of {METHODS}, got {name!r}")
+    return classes[name]
+
+
+def build_method(recipe: Recipe, *, gather_distributed: bool = False) -> nn.Module:
+    """The recipe's method module (fresh weights from the global RNG; :func:`build` seeds it first).
+
+    ``gather_distributed``: the method draws negatives from every process (for data-parallel runs).
+    """
+    return method_class(recipe.method)(build_encoder(recipe), projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim,
+               head_layers=recipe.head_layers, temperature=recipe.temperature,
+               gather_distributed=gather_distributed, **recipe.method_options)
 
 
 def build_augment(recipe: Recipe):
@@ -472,72 +507,6 @@ def build_augment(recipe: Recipe):
 
     preset = {"digits": BatchedAugment.digits, "simclr": BatchedAugment.simclr}[recipe.augment]
     return preset(recipe.image_size, **recipe.augment_options)
-
-
-def shard_rows(batch_size: int, rank: int, world_size: int) -> slice:
-    """The rows of a global batch that process ``rank`` of ``world_size`` trains on: a contiguous block.
-
-    Contiguous blocks (rank 0 first) make the gathered batch of
-    :func:`clcourse.distributed.gather_with_grad` the global batch in its order.
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
-    if batch_size % world_size:
-        raise ValueError(
-            f"the batch size ({batch_size}) must be a multiple of the number of processes ({world_size}): "
-            "every process trains on an equal share"
-        )
-    share = batch_size // world_size
-    return slice(rank * share, (rank + 1) * share)
-
-
-class _ViewAugment:
-    """The loader's augmentation, adapted: float32 input, and optionally only one process's rows.
-
-    With ``rows`` the parameters are drawn for the whole global batch (so the
-    generator advances exactly as in a one-process run) and applied only to
-    the process's rows: every process sees the same views a single process
-    would, and none augments images it does not train on.
-    """
-
-    def __init__(self, augment, rows: slice | None = None):
-        self.augment = augment
-        self.rows = rows
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = x.float()
-        if self.rows is None:
-            return self.augment(x, generator=generator)
-        params = self.augment.sample_params(len(x), generator)
-        mine = {f.name: getattr(params, f.name)[self.rows] for f in dataclasses.fields(params)
-                if isinstance(getattr(params, f.name), torch.Tensor)}
-        return self.augment.apply(x[self.rows], dataclasses.replace(params, **mine))
-
-
-class ShardedLoader:
-    """A :class:`~clcourse.data.ViewLoader` over the global batch that yields one process's share.
-
-    Every process iterates the same seeded global order (so the shards of a
-    step are disjoint and together make the one-process batch); the views
-    are already cut by :class:`_ViewAugment`, the labels are cut here.
-    ``len`` and ``set_epoch`` are the wrapped loader's, so :func:`~clcourse.train.fit`
-    resumes it reproducibly.
-    """
-
-    def __init__(self, loader, rows: slice):
-        self.loader = loader
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch of the next iteration (see ``ViewLoader.set_epoch``)."""
-        self.loader.set_epoch(epoch)
-
-    def __iter__(self):
-        for views, labels in self.loader:
-            yield views, labels[self.rows]
 
 
 def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str | Path | None = None,
@@ -553,7 +522,8 @@ def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str
         root, download: where CIFAR-10 / STL-10 are (default `clcourse.data.default_root()`),
             and whether to fetch them when missing.
         rank, world_size: with ``world_size > 1`` the loader yields process
-            ``rank``'s share (``batch_size / world_size`` rows) of every global batch.
+            ``rank``'s share (``batch_size / world_size`` rows) of every global batch,
+            and the method gathers negatives from every process.
 
     Returns:
         the method (on ``device``), a loader of ``(views, labels)`` batches
@@ -564,15 +534,15 @@ def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str
         clcourse.data.DatasetNotFoundError: CIFAR-10 / STL-10 missing.
         ValueError: a batch size the data or the processes cannot share.
     """
-    from clcourse.data import ViewLoader
+    from clcourse.data import ShardedAugment, ShardedLoader, ViewLoader, shard_rows
     from clcourse.device import get_device
 
     device = get_device() if device is None else torch.device(device)
     rows = shard_rows(recipe.batch_size, rank, world_size) if world_size > 1 else None
     seed_everything(recipe.seed)
     train, eval_train, eval_test = load_datasets(recipe, root=root, download=download)
-    method = build_method(recipe).to(device)
-    augment = _ViewAugment(build_augment(recipe), rows)
+    method = build_method(recipe, gather_distributed=world_size > 1).to(device)
+    augment = build_augment(recipe) if rows is None else ShardedAugment(build_augment(recipe), rows)
     loader = ViewLoader(train, augment, batch_size=recipe.batch_size, seed=recipe.seed, device=device)
     if rows is not None:
         loader = ShardedLoader(loader, rows)
@@ -593,140 +563,6 @@ def build_optimizer(recipe: Recipe, method: nn.Module) -> torch.optim.Optimizer:
 
 
 def fit_options(recipe: Recipe) -> dict[str, Any]:
-    """Keyword arguments of :func:`clcourse.train.fit` that the recipe fixes: budget and schedule."""
-    budget = {k: v for k, v in recipe.budget().items() if v is not None}
-    if "epochs" in budget or "steps" in budget:
-        budget = {k: int(v) for k, v in budget.items()}
-    return dict(schedule=recipe.schedule, warmup=recipe.warmup, **budget)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def evaluate(recipe: Recipe, method: nn.Module, eval_train, eval_test, *, device=None,
-             draws: int | None = None) -> dict[str, Any]:
-    """kNN and linear-probe accuracy of the method's encoder (the head is dropped), and its effective rank.
-
-    Args:
-        recipe: fixes the kNN's k and temperature and the number of label draws.
-        method: a trained method with ``.encoder``.
-        eval_train, eval_test: labelled ImageData; features are extracted in eval mode.
-        draws: label draws of the 1% and 10% probes (default ``recipe.probe_draws``);
-            100% of the labels is one fit.
-
-    Returns:
-        ``{"knn": {"accuracy", "k", "temperature"}, "linear_probe": {"1%" | "10%" | "100%":
-        {"mean", "std", "accuracies", "n_labels", "draws"}}, "effective_rank": float,
-        "feature_dim": int}``; accuracies in [0, 1].
-    """
-    from clcourse.evaluate import effective_rank, extract_features, knn_accuracy, linear_probe
-
-    draws = recipe.probe_draws if draws is None else draws
-    train_x, train_y = extract_features(method.encoder, eval_train, device=device)
-    test_x, test_y = extract_features(method.encoder, eval_test, device=device)
-    knn = knn_accuracy(train_x, train_y, test_x, test_y, k=recipe.knn_k, temperature=recipe.knn_temperature)
-    probes = {}
-    for name, fraction in PROBE_FRACTIONS:
-        result = linear_probe(train_x, train_y, test_x, test_y, label_fraction=fraction, seeds=range(draws))
-        probes[name] = dict(mean=result.mean, std=result.std, accuracies=result.accuracies,
-                            n_labels=result.n_labels, draws=len(result.accuracies))
-    return {
-        "knn": {"accuracy": knn, "k": recipe.knn_k, "temperature": recipe.knn_temperature},
-        "linear_probe": probes,
-        "effective_rank": effective_rank(test_x),
-        "feature_dim": int(train_x.shape[1]),
-    }
-
-
-# --------------------------------------------------------------------------- data-parallel training
-
-
-class _TrainingStep(nn.Module):
-    """``forward(batch) = method.training_step(batch)``: what DistributedDataParallel wraps.
-
-    DDP synchronises gradients only for outputs of its own ``forward``, so the
-    whole training step has to run inside it.
-    """
-
-    def __init__(self, method: nn.Module):
-        super().__init__()
-        self.method = method
-
-    def forward(self, batch):
-        """The wrapped method's loss of ``batch``."""
-        return self.method.training_step(batch)
-
-
-class DistributedMethod:
-    """A method trained with DistributedDataParallel, in the shape :func:`~clcourse.train.fit` expects.
-
-    - SimCLR and SupCon get their cross-process losses
-      (:func:`~clcourse.distributed.distributed_nt_xent` /
-      :func:`~clcourse.distributed.distributed_supcon`) through their ``loss_fn``,
-      so negatives (and SupCon's positives) come from every process [SIMCLR].
-    - Batch norm: with ``sync_batch_norm`` (default on CUDA for SimCLR and SupCon)
-      statistics are computed over the global batch, SimCLR's "global BN" [SIMCLR]:
-      with per-process statistics, a positive pair normalised on the same device
-      can leak that it belongs together.  MoCo keeps its own guard, shuffle-BN,
-      per process.  ``SyncBatchNorm`` runs on GPUs only; on CPUs each process
-      normalises its share.
-    - MoCo: its key encoder has no gradient, so DDP (which reduces only
-      parameters that require one) needs no ``find_unused_parameters``; each
-      process enqueues its own keys in its own queue (the reference gathers
-      the keys of all GPUs first).
-    - Buffers are not broadcast every step: BN's running statistics are read only
-      in eval mode and MoCo's queue is per process; checkpoints come from rank 0.
-    - ``training_step`` returns this process's loss for the backward, but its
-      *value* is the mean over processes (one scalar all_reduce), so the
-      history and the progress bar show the global loss: with the distributed
-      losses that is the loss of the global batch.
-    - ``state_dict``, ``to``, ``train``, ``on_step_end``... are the wrapped method's,
-      so checkpoints load into a plain method.
-    """
-
-    def __init__(self, method: nn.Module, device: torch.device | str, *, sync_batch_norm: bool | None = None):
-        from torch.nn.parallel import DistributedDataParallel
-
-        from clcourse import distributed, losses
-
-        if not distributed.is_distributed():
-            raise ValueError(
-                "DistributedMethod needs an initialised process group (clcourse.distributed.setup_from_env)"
-            )
-        device = torch.device(device)
-        swaps = {losses.nt_xent: distributed.distributed_nt_xent, losses.supcon: distributed.distributed_supcon}
-        loss_fn = getattr(method, "loss_fn", None)
-        if loss_fn in swaps:
-            method.loss_fn = swaps[loss_fn]
-        if sync_batch_norm is None:
-            sync_batch_norm = device.type == "cuda" and loss_fn in swaps
-        if sync_batch_norm:
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        self.method = method.to(device)
-        self.sync_batch_norm = sync_batch_norm
-        # Newer PyTorch renamed broadcast_buffers (syncing at init, which we want, is kept either way).
-        no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
-            DistributedDataParallel).parameters else "broadcast_buffers")
-        self.ddp = DistributedDataParallel(
-            _TrainingStep(self.method), device_ids=[device.index] if device.type == "cuda" else None,
-            **{no_buffer_sync: False},
-        )
-
-    def training_step(self, batch) -> torch.Tensor:
-        """This process's loss (for backward), carrying the mean over processes as its value."""
-        loss = self.ddp(batch)
-        mean = loss.detach().float().clone()
-        dist.all_reduce(mean)
-        mean /= dist.get_world_size()
-        return loss + (mean.to(loss.dtype) - loss.detach())
-
-    def __getattr__(self, name: str):
-        # Only reached for names not set in __init__: everything else is the method's.
-        if name in ("method", "ddp"):
-            raise AttributeError(name)
-        return getattr(self.method, name)
-
-
-def images_per_second(recipe: Recipe, steps: int, seconds: float, n_views: int = 2) -> float:
-    """Global training throughput: views of all processes per second of training."""
-    return steps * recipe.batch_size * n_views / seconds if seconds > 0 else math.nan
+    """Keyword arguments of :func:`clcourse.train.fit` that the recipe fixes: budget, schedule, layout."""
+    return dict(budget=recipe.budget, schedule=recipe.schedule, warmup=recipe.warmup,
+                channels_last=recipe.channels_last)

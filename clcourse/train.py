@@ -15,15 +15,19 @@ resumed or not, when the loader has ``set_epoch`` (as
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from clcourse.device import autocast_dtype, get_device
@@ -61,28 +65,57 @@ class History:
     def as_dict(self) -> dict[str, list[float]]:
         return {k: list(v) for k, v in self.__dict__.items()}
 
+    def record_step(self, loss: float, lr: float, time_s: float) -> None:
+        """Append one optimiser step."""
+        self.step_loss.append(loss)
+        self.step_lr.append(lr)
+        self.step_time.append(time_s)
+
+    def record_epoch(self, step_losses: list[float], images_per_second: float) -> None:
+        """Append one completed epoch: the mean of its steps' losses and its throughput."""
+        self.epoch_loss.append(sum(step_losses) / len(step_losses))
+        self.images_per_second.append(images_per_second)
+
     @classmethod
     def from_dict(cls, d: dict) -> "History":
         return cls(**{k: list(v) for k, v in d.items()})
 
 
 def to_device(batch, device: torch.device):
-    """Move a batch (tensors nested in lists, tuples and dicts) to ``device``."""
+    """Move a batch (tensors nested in lists, tuples, named tuples, dicts and dataclasses) to ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(to_device(b, device) for b in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(b, device) for b in batch)
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        fields = {f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init}
+        return dataclasses.replace(batch, **fields)
     return batch
 
 
 def count_images(batch) -> int:
-    """Images in a ``(views, labels)`` batch: the sum over views of their batch size."""
-    views = batch[0] if isinstance(batch, (list, tuple)) else batch
-    if isinstance(views, torch.Tensor):
-        return views.shape[0]
-    return sum(v.shape[0] for v in views if isinstance(v, torch.Tensor))
+    """Samples in a batch, for throughput: a ``(views, labels)`` batch counts every view.
+
+    A bare tensor counts its rows; a dataclass batch its ``len()`` if it defines one, else the
+    rows of its first tensor.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if dataclasses.is_dataclass(batch):
+        if hasattr(batch, "__len__"):
+            return len(batch)
+        tensors = (getattr(batch, f.name) for f in dataclasses.fields(batch))
+        return next((t.shape[0] for t in tensors if isinstance(t, torch.Tensor)), 0)
+    if isinstance(batch, (list, tuple)) and batch:
+        views = batch[0]
+        if isinstance(views, torch.Tensor):
+            return views.shape[0]
+        return sum(v.shape[0] for v in views if isinstance(v, torch.Tensor))
+    return 0
 
 
 def lr_at(progress: float, base_lr: float, schedule: str, warmup: float) -> float:
@@ -119,20 +152,147 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _budget(epochs, steps, seconds) -> tuple[str, float]:
-    given = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("seconds", seconds)) if v is not None}
-    if len(given) != 1:
-        raise ValueError(f"give exactly one budget of epochs, steps or seconds, got {given or 'none'}")
-    (kind, value), = given.items()
-    if value <= 0:
-        raise ValueError(f"{kind} must be > 0, got {value}")
-    return kind, float(value)
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains: a number of epochs, of optimiser steps, or of seconds.
+
+    Recipes and :func:`fit` share it, so the rule "exactly one budget, > 0" lives here only.
+    ``Budget.of(steps=200)`` builds one from keyword arguments of which exactly one is set.
+    """
+
+    kind: str
+    value: float
+
+    KINDS: ClassVar[tuple[str, ...]] = ("epochs", "steps", "seconds")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"a budget is one of {self.KINDS}, got {self.kind!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real):
+            raise TypeError(f"{self.kind} must be a number, got {type(self.value).__name__}")
+        if not 0 < self.value < math.inf:
+            raise ValueError(f"{self.kind} must be > 0 and finite, got {self.value}")
+        if self.kind != "seconds" and not float(self.value).is_integer():
+            raise ValueError(f"{self.kind} must be a whole number, got {self.value}")
+
+    @classmethod
+    def of(cls, epochs: int | None = None, steps: int | None = None, seconds: float | None = None) -> Budget:
+        """The one budget among ``epochs``, ``steps`` and ``seconds`` that is not None."""
+        given = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("seconds", seconds)) if v is not None}
+        if len(given) != 1:
+            raise ValueError(f"give exactly one budget of epochs, steps or seconds, got {given or 'none'}")
+        (kind, value), = given.items()
+        return cls(kind, value)
+
+    def as_dict(self) -> dict[str, float | None]:
+        """``{"epochs": ..., "steps": ..., "seconds": ...}`` with only this budget's entry set."""
+        return {kind: (self.value if kind == self.kind else None) for kind in self.KINDS}
+
+    def __str__(self) -> str:
+        return f"{self.value:g} {self.kind}"
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module):
+    """Put ``modules`` in eval mode for the ``with`` block, then give each back its own mode.
+
+    The mode is restored even when the block raises. Like ``module.train(mode)``, restoring
+    sets the mode of every submodule.
+    """
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+
+
+class _Clock:
+    """Where a run stands against its budget: steps, epochs and seconds so far."""
+
+    def __init__(self, budget: Budget, steps_per_epoch: int | None, step: int, epoch: int, elapsed: float):
+        self.budget, self.step, self.epoch, self.elapsed = budget, step, epoch, elapsed
+        if budget.kind == "epochs":
+            self.total_steps = steps_per_epoch * int(budget.value) if steps_per_epoch else None
+        else:
+            self.total_steps = int(budget.value) if budget.kind == "steps" else None
+
+    def fraction(self) -> float:
+        """Progress in [0, 1] of the budget, which the learning-rate schedule follows."""
+        if self.budget.kind == "seconds":
+            return self.elapsed / self.budget.value
+        if self.total_steps:
+            return self.step / self.total_steps
+        return self.epoch / self.budget.value
+
+    def done(self) -> bool:
+        kind, value = self.budget.kind, self.budget.value
+        return {"seconds": self.elapsed, "steps": self.step, "epochs": self.epoch}[kind] >= value
+
+
+def _progress_bar(clock: _Clock, enabled: bool) -> tqdm:
+    """A tqdm bar in seconds (time budgets) or steps, redrawn at most every PROGRESS_INTERVAL_S."""
+    seconds = clock.budget.kind == "seconds"
+    return tqdm(
+        total=clock.budget.value if seconds else clock.total_steps,
+        initial=min(clock.elapsed, clock.budget.value) if seconds else clock.step,
+        unit="s" if seconds else "step",
+        disable=not enabled,
+        mininterval=PROGRESS_INTERVAL_S,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]" if seconds else None,
+    )
+
+
+def _optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
+    """Backward and one optimiser step, through the float16 gradient scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
+class _Checkpoints:
+    """``last.pt`` at the end of an epoch once ``interval`` seconds have passed since the last one, and at the
+    end of training; ``epoch_NNNN.pt`` after every epoch from epoch 0 on when kept. Written atomically."""
+
+    def __init__(self, checkpoint_dir: str | Path | None, keep_epochs: bool, interval: float):
+        self.last = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+        self.keep_epochs = keep_epochs
+        self.interval = interval
+        self.written = time.perf_counter()
+
+    def resume(self, method: nn.Module, optimizer: torch.optim.Optimizer, device) -> tuple[History, int, int, float]:
+        """Load ``last.pt`` into method and optimiser; return (history, epoch, step, elapsed), or a fresh start."""
+        if self.last is None or not self.last.is_file():
+            return History(), 0, 0, 0.0
+        state = load_checkpoint(self.last, map_location=device)
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        return History.from_dict(state["history"]), state["epoch"], state["step"], state["elapsed"]
+
+    def save(self, epoch: int, state: Callable[[], dict], final: bool = False) -> None:
+        """Write the state of the end of ``epoch`` (epoch 0: the untrained method, kept files only)."""
+        if self.last is None:
+            return
+        if epoch > 0 and (final or time.perf_counter() - self.written >= self.interval):
+            save_checkpoint(self.last, state())
+            self.written = time.perf_counter()
+        if self.keep_epochs:
+            save_checkpoint(self.last.with_name(f"epoch_{epoch:04d}.pt"), state())
 
 
 def fit(
     method: nn.Module,
     loader: Iterable,
     *,
+    budget: Budget | None = None,
     epochs: int | None = None,
     steps: int | None = None,
     seconds: float | None = None,
@@ -144,6 +304,7 @@ def fit(
     device: torch.device | str | None = None,
     checkpoint_dir: str | Path | None = None,
     keep_epoch_checkpoints: bool = False,
+    checkpoint_interval: float = 0.0,
     resume: bool = False,
     on_epoch_end: Callable[[int, nn.Module, History], None] | None = None,
     progress: bool = True,
@@ -153,18 +314,23 @@ def fit(
     """Train ``method`` on ``loader`` within a budget and return its :class:`History`.
 
     Args:
-        method: a module with ``training_step(batch) -> scalar loss``; an
-            ``on_step_end()`` method, if present, runs after every optimiser step.
+        method: a module with ``training_step(batch) -> scalar loss``; its ``on_step_end()``,
+            if present, runs after every optimiser step and ``on_epoch_end(epoch)`` after
+            every epoch (see :class:`clcourse.methods.Method`).
         loader: an iterable of batches (re-iterated every epoch); if it has
             ``set_epoch(e)`` that is called first, for reproducible resumes.
-        epochs / steps / seconds: exactly one budget.
+        budget, or one of epochs / steps / seconds: how long to train (exactly one).
         optimizer: default Adam(lr, weight_decay) over the method's parameters.
         lr, schedule, warmup: base learning rate; ``"constant"`` or ``"cosine"``
             decay over the budget after a linear warm-up over the fraction ``warmup``.
         device: default :func:`clcourse.device.get_device`.
         checkpoint_dir: where ``last.pt`` is written (atomically) after every
             epoch and at the end; with ``keep_epoch_checkpoints`` also
-            ``epoch_0001.pt``... for looking at the embedding over training.
+            ``epoch_0000.pt`` (before training), ``epoch_0001.pt``... for looking at
+            the embedding over training.
+        checkpoint_interval: seconds between two ``last.pt`` writes: an epoch end within
+            this time of the last write skips it (short epochs: writing ``last.pt`` after
+            each 4-step epoch of the digits costs 8% of the steps of a time budget).
         resume: continue from ``checkpoint_dir/last.pt`` when it exists.
         on_epoch_end: ``f(epoch, method, history)`` after every epoch (1-based).
         progress: show a ``tqdm`` bar with loss and images/s.
@@ -174,7 +340,7 @@ def fit(
             With ``amp`` it doubles ResNet-18's SimCLR throughput on an H200
             (``benchmarks/bench_simclr_throughput.py``).
     """
-    budget_kind, budget = _budget(epochs, steps, seconds)
+    budget = Budget.of(epochs, steps, seconds) if budget is None else _only(budget, epochs, steps, seconds)
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     if resume and checkpoint_dir is None:
@@ -183,133 +349,82 @@ def fit(
         raise TypeError(f"{type(method).__name__} has no training_step(batch) method")
     device = get_device() if device is None else torch.device(device)
     method.to(device)
-    if channels_last is None:
-        channels_last = device.type == "cuda"
-    if channels_last:
+    if channels_last or (channels_last is None and device.type == "cuda"):
         method.to(memory_format=torch.channels_last)
     if optimizer is None:
         optimizer = torch.optim.Adam(method.parameters(), lr=lr, weight_decay=weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     amp_dtype = autocast_dtype(device) if amp else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    checkpoints = _Checkpoints(checkpoint_dir, keep_epoch_checkpoints, checkpoint_interval)
+    history, epoch, step, elapsed = checkpoints.resume(method, optimizer, device) if resume else (History(), 0, 0, 0.0)
+    clock = _Clock(budget, _steps_per_epoch(loader), step, epoch, elapsed)
 
-    history, epoch, step, elapsed_before = History(), 0, 0, 0.0
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = History.from_dict(state["history"])
-        epoch, step, elapsed_before = state["epoch"], state["step"], state["elapsed"]
-        torch.set_rng_state(state["rng_cpu"])
+    def state() -> dict:
+        return {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "history": history.as_dict(),
+                "epoch": clock.epoch, "step": clock.step, "elapsed": clock.elapsed, "rng_cpu": torch.get_rng_state()}
 
-    try:
-        steps_per_epoch = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        steps_per_epoch = None
-    if budget_kind == "epochs":
-        total_steps = steps_per_epoch * int(budget) if steps_per_epoch else None
-    elif budget_kind == "steps":
-        total_steps = int(budget)
-    else:
-        total_steps = None
-
-    def progress_fraction(elapsed: float) -> float:
-        if budget_kind == "seconds":
-            return elapsed / budget
-        if total_steps:
-            return step / total_steps
-        return epoch / budget
-
-    def done(elapsed: float) -> bool:
-        if budget_kind == "seconds":
-            return elapsed >= budget
-        if budget_kind == "steps":
-            return step >= budget
-        return epoch >= budget
-
-    def checkpoint_state(elapsed: float) -> dict:
-        return {
-            "method": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "history": history.as_dict(),
-            "epoch": epoch,
-            "step": step,
-            "elapsed": elapsed,
-            "rng_cpu": torch.get_rng_state(),
-        }
-
-    bar_total = budget if budget_kind == "seconds" else total_steps
-    bar = tqdm(
-        total=bar_total,
-        initial=min(elapsed_before, budget) if budget_kind == "seconds" else step,
-        unit="s" if budget_kind == "seconds" else "step",
-        disable=not progress,
-        mininterval=PROGRESS_INTERVAL_S,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]"
-        if budget_kind == "seconds"
-        else None,
-    )
-    start = time.perf_counter() - elapsed_before
+    if clock.epoch == 0 and clock.step == 0:
+        checkpoints.save(0, state)
+    bar = _progress_bar(clock, progress)
+    start = time.perf_counter() - clock.elapsed
     method.train()
-    elapsed = elapsed_before
     try:
-        while not done(elapsed):
+        while not clock.done():
             if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
+                loader.set_epoch(clock.epoch)
             epoch_losses, epoch_images, epoch_start = [], 0, time.perf_counter()
             for batch in loader:
-                frac = progress_fraction(elapsed)
                 for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = lr_at(frac, base, schedule, warmup)
+                    group["lr"] = lr_at(clock.fraction(), base, schedule, warmup)
                 batch = to_device(batch, device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss = method.training_step(batch)
                 if not torch.isfinite(loss):
-                    raise RuntimeError(
-                        f"the loss became {loss.item()} at step {step}: training diverged; "
-                        "try a lower learning rate or a higher temperature"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                    raise RuntimeError(f"the loss became {loss.item()} at step {clock.step}: training diverged; "
+                                       "try a lower learning rate or a higher temperature")
+                _optimizer_step(loss, optimizer, scaler)
                 if hasattr(method, "on_step_end"):
                     method.on_step_end()
-                step += 1
-                loss_value = loss.item()
-                now = time.perf_counter() - start
-                history.step_loss.append(loss_value)
-                history.step_lr.append(optimizer.param_groups[0]["lr"])
-                history.step_time.append(now)
+                clock.step += 1
+                loss_value, now = loss.item(), time.perf_counter() - start
+                history.record_step(loss_value, optimizer.param_groups[0]["lr"], now)
                 epoch_losses.append(loss_value)
                 epoch_images += count_images(batch)
                 rate = epoch_images / max(1e-9, time.perf_counter() - epoch_start)
                 # refresh=False: the bar redraws at most every PROGRESS_INTERVAL_S (in update). A redraw per
                 # step floods a notebook's output channel, and Jupyter then drops messages (kernels hang).
-                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}", epoch=epoch + 1, refresh=False)
-                bar.update(now - elapsed if budget_kind == "seconds" else 1)
-                elapsed = now
-                if budget_kind != "epochs" and done(elapsed):
+                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}", epoch=clock.epoch + 1, refresh=False)
+                bar.update(now - clock.elapsed if budget.kind == "seconds" else 1)
+                clock.elapsed = now
+                if budget.kind != "epochs" and clock.done():
                     break
             if not epoch_losses:
                 raise ValueError("the loader yielded no batches: is the dataset smaller than the batch size?")
-            epoch += 1
-            history.epoch_loss.append(sum(epoch_losses) / len(epoch_losses))
-            history.images_per_second.append(epoch_images / max(1e-9, time.perf_counter() - epoch_start))
-            if ckpt_path is not None:
-                state = checkpoint_state(elapsed)
-                save_checkpoint(ckpt_path, state)
-                if keep_epoch_checkpoints:
-                    save_checkpoint(ckpt_path.with_name(f"epoch_{epoch:04d}.pt"), state)
+            clock.epoch += 1
+            history.record_epoch(epoch_losses, epoch_images / max(1e-9, time.perf_counter() - epoch_start))
+            checkpoints.save(clock.epoch, state, final=clock.done())
+            if hasattr(method, "on_epoch_end"):
+                method.on_epoch_end(clock.epoch)
             if on_epoch_end is not None:
-                on_epoch_end(epoch, method, history)
-                method.train()
+                on_epoch_end(clock.epoch, method, history)
+            method.train()  # the hooks may have evaluated
     finally:
         bar.close()
     method.eval()
     return history
+
+
+def _steps_per_epoch(loader) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:  # an iterable without a length (e.g. a stream)
+        return None
+
+
+def _only(budget: Budget, epochs, steps, seconds) -> Budget:
+    if not isinstance(budget, Budget):
+        raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
+    if any(v is not None for v in (epochs, steps, seconds)):
+        raise ValueError(f"give exactly one budget of epochs, steps or seconds, got {budget} and more")
+    return budget

@@ -202,7 +202,8 @@ def test_non_contiguous_input():
     x = torch.rand(8, 32, 32, 3).permute(0, 3, 1, 2)  # channels-last view
     aug = BatchedAugment.simclr(32, rotation_degrees=10)
     params = aug.sample_params(8, torch.Generator().manual_seed(0))
-    torch.testing.assert_close(aug.apply(x, params), aug.apply(x.contiguous(), params), atol=1e-6, rtol=0)
+    # the strided input may take other kernels (interpolation, blur): the same tolerance as against torchvision
+    torch.testing.assert_close(aug.apply(x, params), aug.apply(x.contiguous(), params), atol=ATOL, rtol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -235,7 +236,7 @@ def test_bad_input_raises_clear_error(bad):
 
 def test_bad_input_messages():
     aug = BatchedAugment.simclr(32)
-    expected = r"expected a float tensor \[B, C, H, W\] in \[0, 1\], got torch.int64"
+    expected = r"expected images \[B, C, H, W\] as a floating-point tensor in \[0, 1\], got torch.int64"
     with pytest.raises(ValueError, match=expected):
         aug(torch.zeros(2, 3, 4, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="got ndarray"):

@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from clcourse import cli, recipes
+from clcourse.runs import load_embeddings
+from fake_datasets import write_image_folder
 
 # Small and short: a few steps at a small batch, one label draw per probe.
 FAST = ["--dataset", "digits", "--profile", "quick", "--batch-size", "64", "--draws", "1", "--device", "cpu"]
@@ -19,7 +22,7 @@ def train(out, *args):
 def test_python_dash_m_help_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "clcourse", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for command in ("train", "doctor", "grade", "exercises"):
+    for command in ("train", "embed", "doctor", "grade", "exercises"):
         assert command in result.stdout
 
 
@@ -96,3 +99,39 @@ def test_doctor_reports_every_section(capsys, tmp_path):
                  "ipywidgets", "profile", "threads", "cifar10", "stl10", "chromium", "playwright", "clcourse"):
         assert item in out, item
     assert f"missing at {tmp_path}" in out
+
+
+def test_train_on_your_folder_then_export_the_representations(tmp_path, capsys):
+    root = write_image_folder(tmp_path / "pictures", per_class=8)  # 12 training, 4 test images
+    out = tmp_path / "run"
+    status = cli.main(["train", "simclr", "--dataset", f"folder:{root}", "--profile", "quick", "--steps", "2",
+                       "--batch-size", "8", "--image-size", "16", "--draws", "1", "--device", "cpu", "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == "folder" and metrics["config"]["data_path"] == str(root)
+    assert metrics["linear_probe"]["100%"]["n_labels"] == 12
+
+    assert cli.main(["embed", str(out), "--out", str(tmp_path / "h.npy")]) == 0
+    assert cli.main(["embed", str(out), "--out", str(tmp_path / "h.csv")]) == 0
+    assert "h.labels.npy" in capsys.readouterr().out
+    features, labels = load_embeddings(tmp_path / "h.npy")
+    from_csv, csv_labels = load_embeddings(tmp_path / "h.csv")
+    assert features.shape == (4, 128) and labels.tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(from_csv, features, rtol=1e-6, atol=1e-7)
+    assert csv_labels.tolist() == labels.tolist()
+    assert (tmp_path / "h.csv").read_text().startswith("label,h0,h1,")
+    assert cli.main(["embed", str(out), "--out", str(tmp_path / "train.npy"), "--split", "train"]) == 0
+    assert load_embeddings(tmp_path / "train.npy")[0].shape == (12, 128)
+
+
+def test_folder_and_embed_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert cli.main(["train", "simclr", "--dataset", f"folder:{tmp_path / 'nowhere'}", "--steps", "1",
+                     "--profile", "quick", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    assert "no folder at" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "simclr", "--dataset", "folder"])  # no path: argparse's usage error
+    assert "folder:PATH" in capsys.readouterr().err
+    assert cli.main(["embed", str(tmp_path), "--out", str(tmp_path / "h.npy")]) == 2
+    assert "no trained run" in capsys.readouterr().err
+    assert cli.main(["embed", str(tmp_path), "--out", str(tmp_path / "h.txt")]) == 2
+    assert ".npy or .csv" in capsys.readouterr().err

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import urllib.error
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets
 
 from clcourse.data import (
+    load_folder,
     COLOR_NAMES,
     COLOR_VALUES,
     FACTOR_NAMES,
@@ -32,6 +30,13 @@ from clcourse.data import (
     stl10,
 )
 from clcourse.data import shapes as shapes_module
+from fake_datasets import (
+    accept_fake_cifar10,
+    accept_fake_stl10,
+    write_fake_cifar10,
+    write_fake_stl10,
+    write_image_folder,
+)
 
 # ---------------------------------------------------------------- ImageData
 
@@ -189,46 +194,7 @@ def test_correlated_color_plants_a_spurious_correlation():
         make_shapes(10, correlated_color=1.5)
 
 
-# ---------------------------------------------------------------- CIFAR-10 on fake files
-# Fake files in CIFAR-10's real layout: pickled dicts with "data" uint8 [n, 3072]
-# (R, G, B planes, each 32x32 row-major) and "labels".  torchvision's
-# `_check_integrity` compares each file's md5 with the class attributes
-# `train_list`, `test_list` and `meta["md5"]`; the tests patch those to the md5s of
-# the fake files, so the real check still runs and passes.
-
-CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def write_fake_cifar10(root: Path, per_batch: int = 2) -> dict[str, np.ndarray]:
-    """Write CIFAR-10's files with `per_batch` random images each; return name -> data [n, 3, 32, 32]."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name in CIFAR_BATCHES:
-        data = rng.integers(0, 256, (per_batch, 3 * 32 * 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, per_batch).tolist()
-        filenames = [f"{name}_{i}.png" for i in range(per_batch)]
-        entry = {"batch_label": name, "labels": labels, "data": data, "filenames": filenames}
-        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
-        written[name] = (data.reshape(per_batch, 3, 32, 32), labels)
-    meta = {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": per_batch}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return written
-
-
-def accept_fake_cifar10(root: Path, monkeypatch) -> None:
-    folder = root / "cifar-10-batches-py"
-    train_list = [[name, _md5(folder / name)] for name in CIFAR_BATCHES[:5]]
-    monkeypatch.setattr(datasets.CIFAR10, "train_list", train_list)
-    monkeypatch.setattr(datasets.CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
-    meta = {**datasets.CIFAR10.meta, "md5": _md5(folder / "batches.meta")}
-    monkeypatch.setattr(datasets.CIFAR10, "meta", meta)
-
+# ---------------------------------------------------------------- CIFAR-10 on fake files (fake_datasets.py)
 
 def test_cifar10_round_trips_fake_files(tmp_path, monkeypatch):
     written = write_fake_cifar10(tmp_path)
@@ -282,39 +248,7 @@ def test_default_root_follows_the_environment(tmp_path, monkeypatch):
         cifar10()
 
 
-# ---------------------------------------------------------------- STL-10 on fake files
-# STL-10's real layout: raw uint8 files, each image 3 x 96 x 96 stored channel by
-# channel in column-major order (Fortran order, as written by MATLAB); labels are
-# uint8 1..10.  md5s are patched like CIFAR-10's.
-
-STL_FILES = ["train_X.bin", "train_y.bin", "unlabeled_X.bin", "test_X.bin", "test_y.bin"]
-
-
-def write_fake_stl10(root: Path, sizes=(("train", 3), ("test", 2), ("unlabeled", 2))) -> dict[str, tuple]:
-    """Write STL-10's files; return split -> (images [n, 3, 96, 96] (channel, row, column), labels 0..9)."""
-    folder = root / "stl10_binary"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    written = {}
-    for split, n in sizes:
-        images = rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8)
-        images[0, 2, 5, 70] = 123  # a marked pixel: channel 2, row 5, column 70
-        (folder / f"{split}_X.bin").write_bytes(images.transpose(0, 1, 3, 2).tobytes())  # column-major
-        labels = rng.integers(0, 10, n)
-        if split != "unlabeled":
-            (folder / f"{split}_y.bin").write_bytes((labels + 1).astype(np.uint8).tobytes())
-        written[split] = (images, labels)
-    (folder / "class_names.txt").write_text("\n".join(f"class{i}" for i in range(10)) + "\n")
-    (folder / "fold_indices.txt").write_text("\n".join("0 1" for _ in range(10)) + "\n")
-    return written
-
-
-def accept_fake_stl10(root: Path, monkeypatch) -> None:
-    folder = root / "stl10_binary"
-    md5 = {name: _md5(folder / name) for name in STL_FILES}
-    monkeypatch.setattr(datasets.STL10, "train_list", [[n, md5[n]] for n in STL_FILES[:3]])
-    monkeypatch.setattr(datasets.STL10, "test_list", [[n, md5[n]] for n in STL_FILES[3:]])
-
+# ---------------------------------------------------------------- STL-10 on fake files (fake_datasets.py)
 
 @pytest.mark.parametrize("split", ["train", "test", "unlabeled"])
 def test_stl10_round_trips_fake_files(tmp_path, monkeypatch, split):
@@ -344,6 +278,48 @@ def test_stl10_missing_or_offline_raises_the_clear_error(tmp_path, monkeypatch):
         stl10(root=tmp_path, download=True)
     with pytest.raises(ValueError, match="split"):
         stl10(root=tmp_path, split="validation")
+
+
+# ---------------------------------------------------------------- your own folder of images
+
+
+def test_load_folder_resizes_to_rgb_and_splits_stratified(tmp_path):
+    root = write_image_folder(tmp_path / "pictures", per_class=6)
+    train, test = load_folder(root, 8, split="train"), load_folder(root, 8, split="test")
+    assert train.images.shape == (8, 3, 8, 8) and test.images.shape == (4, 3, 8, 8)  # 2 of 6 per class held out
+    assert train.images.dtype == torch.float32 and 0 <= train.images.min() and train.images.max() <= 1
+    assert train.labels.tolist().count(0) == 4 and set(test.labels.tolist()) == {0, 1}
+    assert (train.images[train.labels == 1, 0].mean() > train.images[train.labels == 0, 0].mean() + 0.3)
+    assert torch.equal(load_folder(root, 8, split="test").images, test.images)  # the same split every time
+
+
+def test_load_folder_keeps_a_train_and_test_split_of_its_own(tmp_path):
+    write_image_folder(tmp_path / "own" / "train", per_class=3)
+    write_image_folder(tmp_path / "own" / "val", per_class=2)
+    assert len(load_folder(tmp_path / "own", 8, "train")) == 6 and len(load_folder(tmp_path / "own", 8, "test")) == 4
+
+
+def test_load_folder_says_what_layout_it_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no folder at"):
+        load_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"the folder is empty; expected PATH/<class>/<image>"):
+        load_folder(tmp_path / "empty")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "a.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"found files \['a.png'\] but no class folders"):
+        load_folder(tmp_path / "loose")
+    root = write_image_folder(tmp_path / "gap", per_class=2)
+    (root / "bird").mkdir()
+    (root / "bird" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="bird"):
+        load_folder(root)
+    broken = write_image_folder(tmp_path / "broken", per_class=2)
+    (broken / "cat" / "9.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read .*9.png"):
+        load_folder(broken)
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_folder(root, split="val")
 
 
 # ---------------------------------------------------------------- per-sample views

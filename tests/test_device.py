@@ -1,6 +1,9 @@
+import os
+
 import pytest
 import torch
 
+from clcourse import device
 from clcourse.device import autocast_dtype, get_device, get_profile, seed_everything, summary
 
 
@@ -47,3 +50,25 @@ def test_summary_is_one_line():
 
 def test_no_autocast_on_cpu():
     assert autocast_dtype("cpu") is None
+
+
+def test_usable_cpus_respects_a_cgroup_quota(monkeypatch):
+    monkeypatch.setattr(device, "_cgroup_cpu_quota", lambda: 1.5)
+    assert device.usable_cpus() == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(device, "_cgroup_cpu_quota", lambda: None)
+    assert device.usable_cpus() == len(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(device.usable_cpus() + 3)
+        assert device.fit_threads_to_cpus() == device.usable_cpus()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with device.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with device.torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -1,16 +1,11 @@
-import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from clcourse.distributed import (
-    cleanup,
-    distributed_nt_xent,
-    distributed_supcon,
+    all_gather_cat,
+    all_reduce_sum,
     gather_with_grad,
     is_distributed,
     rank,
@@ -18,6 +13,7 @@ from clcourse.distributed import (
     world_size,
 )
 from clcourse.losses import nt_xent, supcon
+from gloo import run_on_processes
 
 WORLD = 2
 N = 4  # samples per process
@@ -36,8 +32,10 @@ def test_without_a_process_group_everything_is_single_process():
     x = torch.randn(3, 2)
     assert gather_with_grad(x) is x
     z, labels = torch.randn(6, 2, 4), torch.tensor([0, 1, 0, 1, 2, 2])
-    assert torch.equal(distributed_nt_xent(z[:, 0], z[:, 1], 0.3), nt_xent(z[:, 0], z[:, 1], 0.3))
-    assert torch.equal(distributed_supcon(z, labels, 0.2, "in"), supcon(z, labels, 0.2, "in"))
+    assert all_gather_cat(x) is x and all_reduce_sum(x) is x
+    gathered = nt_xent(z[:, 0], z[:, 1], 0.3, gather_distributed=True)
+    assert torch.equal(gathered, nt_xent(z[:, 0], z[:, 1], 0.3))
+    assert torch.equal(supcon(z, labels, 0.2, "in", gather_distributed=True), supcon(z, labels, 0.2, "in"))
 
 
 def test_setup_without_torchrun_stays_single_process(monkeypatch):
@@ -57,11 +55,11 @@ def test_setup_names_missing_torchrun_variables(monkeypatch):
 
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="same shape"):
-        distributed_nt_xent(torch.randn(4, 3), torch.randn(4, 2))
+        nt_xent(torch.randn(4, 3), torch.randn(4, 2), gather_distributed=True)
     with pytest.raises(ValueError, match="needs z of shape"):
-        distributed_supcon(torch.randn(4, 3))
+        supcon(torch.randn(4, 3), gather_distributed=True)
     with pytest.raises(ValueError, match=r"labels must have shape \[4\]"):
-        distributed_supcon(torch.randn(4, 2, 3), torch.zeros(5, dtype=torch.long))
+        supcon(torch.randn(4, 2, 3), torch.zeros(5, dtype=torch.long), gather_distributed=True)
     with pytest.raises(TypeError, match="torch.Tensor"):
         gather_with_grad([1.0, 2.0])
 
@@ -84,9 +82,9 @@ def _linear():
 
 def _loss(case, z, labels, distributed):
     if case == "nt_xent":
-        return (distributed_nt_xent if distributed else nt_xent)(z[:, 0], z[:, 1], 0.5)
+        return nt_xent(z[:, 0], z[:, 1], 0.5, gather_distributed=distributed)
     variant = "in" if case == "supcon_in" else "out"
-    return (distributed_supcon if distributed else supcon)(z, labels, 0.1, variant)
+    return supcon(z, labels, 0.1, variant, gather_distributed=distributed)
 
 
 def _step(case, x, labels, distributed):
@@ -105,52 +103,32 @@ def _step(case, x, labels, distributed):
     return {"loss": loss.detach(), "z_grad": z.grad, "weight_grad": model.weight.grad, "bias_grad": model.bias.grad}
 
 
-def _worker(process_rank, port, out_dir):
-    os.environ.update(
-        RANK=str(process_rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(process_rank),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)  # two processes share a small machine
-    setup_from_env("gloo")
-    try:
-        own = slice(process_rank * N, (process_rank + 1) * N)
-        results = {}
-        for case in CASES:
-            x, labels = _global_batch(case)
-            results[case] = _step(case, x[own], labels[own], distributed=True)
+def _worker(process_rank):
+    own = slice(process_rank * N, (process_rank + 1) * N)
+    results = {}
+    for case in CASES:
+        x, labels = _global_batch(case)
+        results[case] = _step(case, x[own], labels[own], distributed=True)
 
-        x = torch.arange(6.0).reshape(3, 2).add(10 * process_rank).requires_grad_()
-        gathered = gather_with_grad(x)
-        (gathered * torch.arange(12.0).reshape(6, 2)).sum().backward()
-        results["gather"] = {"gathered": gathered.detach(), "x_grad": x.grad}
+    x = torch.arange(6.0).reshape(3, 2).add(10 * process_rank).requires_grad_()
+    gathered = gather_with_grad(x)
+    (gathered * torch.arange(12.0).reshape(6, 2)).sum().backward()
+    results["gather"] = {"gathered": gathered.detach(), "x_grad": x.grad}
+    mine = torch.tensor([1.0, 2.0]) * (process_rank + 1)
+    results["collectives"] = {"sum": all_reduce_sum(mine), "mine": mine,
+                              "ranks": all_gather_cat(torch.tensor([process_rank]))}
 
-        try:  # no anchor anywhere has a positive: every process must raise, none may hang
-            distributed_supcon(torch.randn(N, D), torch.arange(N) + process_rank * N)
-            results["raised"] = False
-        except ValueError:
-            results["raised"] = True
-        torch.save(results, os.path.join(out_dir, f"rank{process_rank}.pt"))
-    finally:
-        cleanup()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:  # no anchor anywhere has a positive: every process must raise, none may hang
+        supcon(torch.randn(N, D), torch.arange(N) + process_rank * N, gather_distributed=True)
+        results["raised"] = False
+    except ValueError:
+        results["raised"] = True
+    return results
 
 
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("distributed")
-    context = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + 120  # a collective that never completes must fail the test, not hang it
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two gloo processes did not finish within 120 s")
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    return run_on_processes(_worker, WORLD, tmp_path_factory.mktemp("distributed"))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -178,6 +156,13 @@ def test_gather_concatenates_in_rank_order_and_sums_gradients(two_process_result
         assert torch.equal(results["gather"]["gathered"], everything)
         # every process's loss touches x_r through the same weights: W copies summed
         assert torch.equal(results["gather"]["x_grad"], WORLD * weights[3 * r : 3 * (r + 1)])
+
+
+def test_sums_and_plain_gathers_over_processes(two_process_results):
+    for r, results in enumerate(two_process_results):
+        assert torch.equal(results["collectives"]["sum"], torch.tensor([3.0, 6.0]))  # (1 + 2) * [1, 2]
+        assert torch.equal(results["collectives"]["mine"], torch.tensor([1.0, 2.0]) * (r + 1))  # left unchanged
+        assert torch.equal(results["collectives"]["ranks"], torch.arange(WORLD))
 
 
 def test_no_positive_anywhere_raises_on_every_process(two_process_results):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from clcourse.encoders import MLP, PredictionHead, ProjectionHead, SmallCNN, resnet18_cifar
+from clcourse.encoders import MLP, PredictionHead, ProjectionHead, ResNet18, SmallCNN, resnet18_cifar
 
 
 @pytest.mark.parametrize("channels, size", [(1, 16), (3, 32)])
@@ -35,6 +35,18 @@ def test_resnet18_cifar_stem():
     assert enc.net.conv1.kernel_size == (3, 3) and enc.net.conv1.stride == (1, 1)
     assert isinstance(enc.net.maxpool, torch.nn.Identity)
     assert enc(torch.rand(2, 3, 32, 32)).shape == (2, 512) and enc.out_dim == 512
+
+
+def test_resnet18_imagenet_stem_downsamples_and_takes_any_channels():
+    enc = ResNet18(in_channels=1, stem="imagenet")
+    assert enc.net.conv1.kernel_size == (7, 7) and enc.net.conv1.stride == (2, 2)
+    assert not isinstance(enc.net.maxpool, torch.nn.Identity)
+    assert enc(torch.rand(2, 1, 96, 96)).shape == (2, 512)
+    assert ResNet18(stem="imagenet").net.conv1.in_channels == 3
+    with pytest.raises(ValueError, match="stem must be one of"):
+        ResNet18(stem="tiny")
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        enc(torch.rand(2, 3, 96, 96))
 
 
 def test_mlp_flattens_images():

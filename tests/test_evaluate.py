@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from clcourse.evaluate import (
+    PROTOCOLS,
     alignment_uniformity,
     effective_rank,
+    evaluate_representation,
     extract_features,
     knn_accuracy,
     linear_probe,
@@ -97,3 +99,21 @@ def test_effective_rank_detects_collapse():
     assert effective_rank(torch.ones(10, 4)) == 1.0
     with pytest.raises(ValueError, match="N >= 2"):
         effective_rank(torch.randn(1, 4))
+
+
+def test_the_representation_protocol_reports_knn_probes_and_rank():
+    x, y = blobs(n_per_class=30)
+    images = x.view(-1, 2, 2, 2)  # an "image" batch whose encoder just flattens it
+    encoder = torch.nn.Flatten()
+    metrics = evaluate_representation(encoder, (images, y), (images, y), knn_k=5, draws=2)
+    assert metrics["knn"] == {"accuracy": 1.0, "k": 5, "temperature": 0.07}
+    assert set(metrics["linear_probe"]) == {"1%", "10%", "100%"} and metrics["feature_dim"] == 8
+    assert metrics["linear_probe"]["10%"]["draws"] == 2 and metrics["linear_probe"]["100%"]["draws"] == 1
+    assert metrics["linear_probe"]["100%"]["mean"] == 1.0 and 1 <= metrics["effective_rank"] <= 8
+
+    protocol = PROTOCOLS["representation"]
+    method = torch.nn.Module()
+    method.encoder = encoder
+    assert protocol.run(method, (images, y), (images, y), knn_k=5, draws=2) == metrics
+    rows = dict(protocol.rows(metrics))
+    assert rows["kNN (k=5)"] == "100.0%" and rows["linear probe 100%"].startswith("100.0% (120 labels")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clcourse import losses
 from clcourse.losses import (
     NTXentLoss,
     SupConLoss,
@@ -482,3 +483,23 @@ def test_losses_stay_float32_under_autocast(name):
         mixed = call()
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, reference)
+
+
+# --------------------------------------------------------------------------- listing all triplets
+
+
+def test_mine_all_lists_large_batches_block_by_block_in_order():
+    labels = torch.arange(300) % 7
+    a, p, n = mine_triplets(randn(300, 3, seed=40), labels, "all")  # more anchors than one block of 2**24 / N^2
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    valid = (same & ~torch.eye(300, dtype=torch.bool)).unsqueeze(2) & (~same).unsqueeze(1)
+    expected = valid.nonzero(as_tuple=True)
+    assert all(torch.equal(got, want) for got, want in zip((a, p, n), expected))
+
+
+def test_mine_all_refuses_more_triplets_than_it_can_list(monkeypatch):
+    labels = torch.arange(40) % 4  # 40 * 9 * 30 = 10,800 valid triplets
+    monkeypatch.setattr(losses, "MAX_LISTED_TRIPLETS", 10_000)
+    with pytest.raises(ValueError, match=r"10,800 valid triplets.*all_triplets_loss"):
+        mine_triplets(randn(40, 3, seed=41), labels, "all")
+    assert len(mine_triplets(randn(40, 3, seed=41), labels, "hard")[0]) == 40  # the other strategies still work

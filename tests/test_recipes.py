@@ -3,22 +3,22 @@ import itertools
 import pytest
 import torch
 
-from clcourse import recipes
-from clcourse.data import DatasetNotFoundError
-from clcourse.losses import nt_xent
+from clcourse.data import DatasetNotFoundError, shard_rows
+from clcourse.distributed import DistributedMethod
 from clcourse.methods import MoCo, SimCLR, SupCon
 from clcourse.recipes import (
     DATASETS,
     METHODS,
     SOURCES,
-    DistributedMethod,
+    Recipe,
     build,
     build_method,
     build_optimizer,
     fit_options,
     get_recipe,
-    shard_rows,
 )
+from clcourse.runs import images_per_second
+from clcourse.train import Budget
 
 
 @pytest.mark.parametrize("method, profile, dataset", list(itertools.product(METHODS, ("quick", "full"), DATASETS)))
@@ -27,9 +27,12 @@ def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
         with pytest.raises(ValueError, match="full profile only"):
             get_recipe(method, profile, dataset)
         return
-    recipe = get_recipe(method, profile, dataset)
+    name = "folder:/some/pictures" if dataset == "folder" else dataset
+    recipe = get_recipe(method, profile, name)
     assert (recipe.method, recipe.profile, recipe.dataset) == (method, profile, dataset)
-    assert sum(v is not None for v in recipe.budget().values()) == 1
+    assert recipe.data_path == ("/some/pictures" if dataset == "folder" else None)
+    assert isinstance(recipe.budget, Budget) and sum(v is not None for v in recipe.budget.as_dict().values()) == 1
+    assert Recipe.from_dict(recipe.as_dict()) == recipe
     assert set(recipe.sources) <= set(SOURCES) and recipe.sources
     assert recipe.as_dict()["sources"].keys() == set(recipe.sources)
     assert "batch" in recipe.summary()
@@ -69,9 +72,9 @@ def test_override_rescales_sgd_learning_rates_and_replaces_the_budget():
     quick = get_recipe("simclr", "quick", "digits")
     assert quick.override(batch_size=64).lr == quick.lr  # Adam: no scaling
     short = quick.override(steps=5, seconds=None, temperature=None)
-    assert short.budget() == {"epochs": None, "steps": 5, "seconds": None}
+    assert short.budget == Budget("steps", 5) and (short.epochs, short.seconds) == (None, None)
     assert short.temperature == quick.temperature
-    assert fit_options(short) == dict(schedule="cosine", warmup=0.0, steps=5)
+    assert fit_options(short) == dict(budget=Budget("steps", 5), schedule="cosine", warmup=0.05, channels_last=True)
     with pytest.raises(ValueError, match="unknown recipe fields"):
         quick.override(learning_rate=1.0)
     with pytest.raises(ValueError, match="steps must be > 0"):
@@ -82,10 +85,11 @@ def test_build_is_reproducible_and_matches_the_recipe():
     recipe = get_recipe("simclr", "quick", "digits").override(batch_size=32)
     method, loader, eval_train, eval_test = build(recipe, "cpu")
     again, loader2, _, _ = build(recipe, "cpu")
-    assert isinstance(method, SimCLR) and method.temperature == 0.5
+    assert isinstance(method, SimCLR) and method.temperature == recipe.temperature
+    assert not method.gather_distributed  # one process
     assert (len(eval_train), len(eval_test)) == (1257, 540)
     views, labels = next(iter(loader))
-    assert len(views) == 2 and views[0].shape == (32, 1, 16, 16) and labels.shape == (32,)
+    assert len(views) == 2 and views[0].shape == (32, 1, 8, 8) and labels.shape == (32,)
     assert all(torch.equal(a, b) for a, b in zip(method.state_dict().values(), again.state_dict().values()))
     assert torch.equal(next(iter(loader2))[0][1], views[1])
 
@@ -142,12 +146,19 @@ def test_missing_cifar10_raises_the_clear_error(tmp_path):
 
 
 def test_distributed_method_needs_a_process_group():
-    method = build_method(get_recipe("simclr", "quick", "digits"))
+    method = build_method(get_recipe("simclr", "quick", "digits"), gather_distributed=True)
+    assert method.gather_distributed
     with pytest.raises(ValueError, match="process group"):
         DistributedMethod(method, "cpu")
-    assert SimCLR.loss_fn is nt_xent  # the hook the distributed wrapper swaps
+
+
+def test_folder_recipes_need_a_path():
+    with pytest.raises(ValueError, match="folder:PATH"):
+        get_recipe("simclr", "quick", "folder")
+    with pytest.raises(ValueError, match="only the folder dataset takes a path"):
+        get_recipe("simclr", "quick", "digits:/tmp")
 
 
 def test_images_per_second():
     recipe = get_recipe("simclr", "quick", "digits")
-    assert recipes.images_per_second(recipe, steps=10, seconds=5.0) == pytest.approx(10 * 256 * 2 / 5)
+    assert images_per_second(recipe, steps=10, seconds=5.0) == pytest.approx(10 * 256 * 2 / 5)

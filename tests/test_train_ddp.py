@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from clcourse.losses import nt_xent
-from clcourse.recipes import build, get_recipe, shard_rows
+from clcourse.data import shard_rows
+from clcourse.recipes import build, get_recipe
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not installed next to this Python")

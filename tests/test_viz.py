@@ -280,7 +280,14 @@ def test_umap_2d_separates_clusters_and_is_deterministic():
     centres = torch.randn(4, 32, generator=g) * 3
     features = centres[labels] + torch.randn(200, 32, generator=g)
 
-    xy = umap_2d(features, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        xy = umap_2d(features, seed=0)
+        # numba's first fit in a process resets OpenMP's thread count, which torch shares; umap_2d restores it
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert xy.shape == (200, 2) and xy.dtype == np.float32 and np.isfinite(xy).all()
     knn = KNeighborsClassifier(5).fit(xy, labels.numpy())
     assert knn.score(xy, labels.numpy()) > 0.95
@@ -295,3 +302,18 @@ def test_image_grid_titles_and_shape():
     assert len(fig.axes) == 12 and len(shown) == 10 and shown[3].get_title() == "3"
     with pytest.raises(ValueError, match="one string per image"):
         image_grid(torch.rand(2, 1, 8, 8), titles=["a"])
+
+
+def test_explore_embeddings_opens_what_clcourse_embed_wrote(tmp_path, monkeypatch):
+    from clcourse.viz import explorer as explorer_module
+
+    features = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
+    np.save(tmp_path / "run.npy", features)
+    np.save(tmp_path / "run.labels.npy", np.arange(12) % 3)
+    projected = []
+    monkeypatch.setattr("clcourse.viz.projection.umap_2d",
+                        lambda f, seed=0: projected.append(f) or np.asarray(f)[:, :2].copy())
+    explorer = explorer_module.explore_embeddings(tmp_path / "run.npy")
+    assert explorer.state.projection == "run" and explorer.state.color_by == "class"
+    np.testing.assert_array_equal(projected[0], features)
+    np.testing.assert_array_equal(explorer.last_xy, features[:, :2])

@@ -12,13 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from clcourse.losses import info_nce  # noqa: E402
-from clcourse.viz.negatives import (  # noqa: E402
-    NegativesExplorer,
-    NegativesState,
-    info_nce_from_similarities,
-    negative_weights,
-)
+from clcourse.losses import info_nce, info_nce_from_similarities  # noqa: E402
+from clcourse.viz.negatives import NegativesExplorer, NegativesState, negative_weights  # noqa: E402
 
 M = 30
 

@@ -3,11 +3,14 @@
 - `load_digits`: scikit-learn's 8x8 handwritten digits, offline, upsampled.
 - `make_shapes`: procedural shapes whose nuisance factors are all labelled.
 - `cifar10`, `stl10`: torchvision datasets with a clear error when missing.
+- `load_folder`: your own images in torchvision's ImageFolder layout.
 - `TwoViews`, `MultiCrop`, `collate_views`: per-sample views for a DataLoader.
 - `ViewLoader`: batched, on-device views of an in-memory `ImageData`.
+- `shard_rows`, `ShardedAugment`, `ShardedLoader`: one process's share of every batch.
 """
 
 from clcourse.data.digits import load_digits
+from clcourse.data.folder import load_folder
 from clcourse.data.image_data import ImageData
 from clcourse.data.shapes import (
     COLOR_NAMES,
@@ -25,6 +28,7 @@ from clcourse.data.torchvision_sets import (
     default_root,
     stl10,
 )
+from clcourse.data.sharding import ShardedAugment, ShardedLoader, shard_rows
 from clcourse.data.views import MultiCrop, TwoViews, ViewLoader, collate_views
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     "ImageData",
     "MultiCrop",
     "SHAPE_NAMES",
+    "ShardedAugment",
+    "ShardedLoader",
     "TEXTURE_NAMES",
     "TwoViews",
     "ViewLoader",
@@ -44,6 +50,8 @@ __all__ = [
     "collate_views",
     "default_root",
     "load_digits",
+    "load_folder",
     "make_shapes",
+    "shard_rows",
     "stl10",
 ]

@@ -218,6 +218,8 @@ class ViewLoader:
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size].to(self.device)
             x = self.images[index]
+            if x.dtype in (torch.float16, torch.bfloat16):
+                x = x.float()  # large sets are stored in half precision; augment and train in float32
             if self.augment is None:
                 views = [x] * self.n_views
             else:

@@ -105,8 +105,6 @@ def instance_colors(
 
     Returns:
         a new :class:`~clcourse.data.ImageData`, same labels and factors; images in [0, 1].
-
-    [1] Chen et al., SimCLR, 2020.
     """
     if not 0 <= fill_jitter <= 0.25:
         raise ValueError(f"fill_jitter must be in [0, 0.25] (fills stay nearest their colour), got {fill_jitter}")
@@ -147,8 +145,6 @@ def variant_augment(
         jitter_strength: s of SimCLR's ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) [1, App. A].
         gray_p: probability of random grayscale in the colour variants.
         blur_p: probability of a Gaussian blur, in every variant (SimCLR omits it on CIFAR-10).
-
-    [1] Chen et al., SimCLR, 2020.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -185,8 +181,6 @@ def probe_factors(
     Returns:
         ``{factor: accuracy}``. The features are extracted once and probed per factor
         (logistic regression on standardised features, all training labels [1]).
-
-    [1] Chen et al., SimCLR, 2020 (linear evaluation protocol).
     """
     for name in factors:
         for split, data in (("train", train), ("test", test)):
@@ -260,8 +254,6 @@ def train_and_probe(
 
     Returns:
         a :class:`ShortcutResult`.
-
-    [1] Chen et al., SimCLR, 2020.
     """
     torch.manual_seed(seed)
     if make_encoder is None:

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from clcourse.device import torch_threads
 
 __all__ = [
     "gaussian_mi",
@@ -44,7 +45,6 @@ __all__ = [
     "train_infonce_critic",
     "mi_sweep",
     "plot_mi_estimates",
-    "torch_threads",
 ]
 
 
@@ -156,25 +156,6 @@ def infonce_estimate(scores: Tensor) -> Tensor:
     n = scores.shape[0]
     loss = F.cross_entropy(scores, torch.arange(n, device=scores.device))
     return math.log(n) - loss
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """Temporarily use n torch intra-op threads (None: leave torch's setting alone).
-
-    For small models on a CPU: each op on a few thousand numbers finishes before a second
-    thread would have started, and on a busy machine waiting for the other thread costs far
-    more than the work (measured: about 10x the CPU time per step with 2 threads).
-    """
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

@@ -24,12 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from clcourse.data import ImageData, ViewLoader
+from clcourse.device import torch_threads
 from clcourse.encoders import SmallCNN
 from clcourse.evaluate import extract_features, knn_accuracy, linear_probe
-from clcourse.lessons.mutual_information import torch_threads
 from clcourse.losses import info_nce
 from clcourse.methods.simclr import SimCLR
-from clcourse.train import History, fit
+from clcourse.train import History, eval_mode, fit
 
 __all__ = [
     "in_batch_negatives",
@@ -241,16 +241,12 @@ def view_embeddings(
     """
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        views = []
+    views = []
+    with eval_mode(model):
         for _ in range(2):
             parts = []
             for i in range(0, len(images), batch_size):
                 x = augment(images[i : i + batch_size].to(device), generator=generator)
                 parts.append(model.project(x).float().cpu())
             views.append(torch.cat(parts))
-    finally:
-        model.train(was_training)
     return views[0], views[1]

@@ -34,6 +34,7 @@ from clcourse.encoders import ProjectionHead
 from clcourse.evaluate import alignment_uniformity, extract_features, knn_accuracy, linear_probe
 from clcourse.losses import nt_xent
 from clcourse.methods.simclr import SimCLR
+from clcourse.train import eval_mode
 from clcourse.viz.temperature import TemperatureResult
 
 __all__ = ["TemperatureSweep", "fit_circle_head", "tolerance", "measure", "results_table"]
@@ -125,12 +126,9 @@ def fit_circle_head(
         raise ValueError(f"views must be >= 2 (a positive pair needs two), got {views}")
     device = next(encoder.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    was_training = encoder.training
-    encoder.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(encoder):
         images = data.images.to(device)
         features = torch.stack([_encode(encoder, augment(images, generator=generator)) for _ in range(views)])
-    encoder.train(was_training)
     n = features.shape[1]
     batch_size = min(batch_size, n)
     with torch.random.fork_rng(devices=[]):  # the head's initial weights, without touching the global RNG

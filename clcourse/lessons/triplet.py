@@ -30,8 +30,8 @@ from torch import nn
 
 from clcourse.data import ViewLoader
 from clcourse.evaluate import ProbeResult, effective_rank, extract_features, knn_accuracy, linear_probe
-from clcourse.losses import mine_triplets
-from clcourse.methods.triplet import pairwise_distance, spread
+from clcourse.losses import mine_triplets, pairwise_distance
+from clcourse.methods.triplet import spread
 from clcourse.train import History, fit
 
 REGIONS = ("hard", "semi-hard", "easy")
@@ -181,13 +181,7 @@ def embedding_geometry(method: nn.Module, images: torch.Tensor) -> dict[str, flo
     """
     features, _ = extract_features(method.encoder, images)
     projector = getattr(method, "projector", None)
-    embedding = features
-    if projector is not None:
-        was_training = projector.training
-        projector.eval()
-        device = next(projector.parameters(), features).device
-        embedding = projector(features.to(device)).float().cpu()
-        projector.train(was_training)
+    embedding = features if projector is None else extract_features(projector, features, max(1, len(features)))[0]
     return {
         "rank_features": effective_rank(features),
         "rank_embedding": effective_rank(F.normalize(embedding, dim=1)),

@@ -1,8 +1,9 @@
-"""Contrastive learning frameworks, one module each (see COURSE.md)."""
+"""Contrastive learning frameworks, one module each on a shared base (docs/adding-a-method.md)."""
 
+from clcourse.methods.base import Method, views_and_labels
 from clcourse.methods.moco import MoCo
 from clcourse.methods.simclr import SimCLR
 from clcourse.methods.supcon import SupCon, unlabelled_as_own_class
 from clcourse.methods.triplet import Triplet
 
-__all__ = ["MoCo", "SimCLR", "SupCon", "Triplet", "unlabelled_as_own_class"]
+__all__ = ["Method", "MoCo", "SimCLR", "SupCon", "Triplet", "unlabelled_as_own_class", "views_and_labels"]

@@ -46,11 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clcourse.distributed import all_gather_cat, world_size
 from clcourse.encoders import ProjectionHead
 from clcourse.losses import info_nce
+from clcourse.methods.base import Method, views_and_labels
 
 
-class MoCo(nn.Module):
+class MoCo(Method):
     """MoCo v2 [1, 2]: query encoder + MLP head, momentum key encoder, queue of negatives.
 
     Args:
@@ -75,6 +77,8 @@ class MoCo(nn.Module):
         generator: CPU generator for the shuffle-BN permutations and the initial
             queue; None uses torch's global RNG (which :func:`clcourse.train.fit`
             checkpoints, so resumed runs repeat exactly).
+        gather_distributed: on several processes, enqueue the keys of all of them (as
+            [1]'s code does), so every process holds the same queue of negatives.
 
     Attributes:
         encoder, projector: the query network, trained by backprop.
@@ -94,6 +98,8 @@ class MoCo(nn.Module):
     [B, C, H, W]; labels are ignored (self-supervised).
     """
 
+    sync_batch_norm = False  # shuffle-BN guards each process's batch norm instead
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -106,24 +112,20 @@ class MoCo(nn.Module):
         shuffle_bn_groups: int = 4,
         symmetric: bool = False,
         generator: torch.Generator | None = None,
+        gather_distributed: bool = False,
     ):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
         if not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
         if not isinstance(shuffle_bn_groups, int) or shuffle_bn_groups < 1:
             raise ValueError(f"shuffle_bn_groups must be a positive int, got {shuffle_bn_groups!r}")
-        self.encoder = encoder
-        self.projector = ProjectionHead(
-            encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers, batch_norm=False
-        )
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim,
+                              num_layers=head_layers, batch_norm=False)
+        super().__init__(encoder, head, temperature=temperature, gather_distributed=gather_distributed)
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum = momentum
-        self.temperature = temperature
         self.shuffle_bn_groups = shuffle_bn_groups
         self.symmetric = symmetric
         self.generator = generator
@@ -131,10 +133,6 @@ class MoCo(nn.Module):
         queue = torch.randn(queue_size, self.projector.out_dim, generator=generator)
         self.register_buffer("queue", F.normalize(queue, dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Representations of the query encoder: [B, C, H, W] -> [B, encoder.out_dim]."""
-        return self.encoder(x)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -190,13 +188,9 @@ class MoCo(nn.Module):
         code does (Algorithm 1 updates after the optimiser step; the same
         sequence from the second step on), and enqueues the keys after the loss.
         """
-        views, _ = batch
-        if len(views) != 2:
-            raise ValueError(f"MoCo expects 2 views per image [x_q, x_k], got {len(views)}")
-        x_q, x_k = views
-        if x_q.shape != x_k.shape:
-            raise ValueError(f"the two views must have the same shape, got {list(x_q.shape)} and {list(x_k.shape)}")
-        keys_per_step = x_q.shape[0] * (2 if self.symmetric else 1)
+        (x_q, x_k), _ = views_and_labels(batch, "MoCo", n_views=2)
+        processes = world_size() if self.gather_distributed else 1
+        keys_per_step = x_q.shape[0] * (2 if self.symmetric else 1) * processes
         if keys_per_step > self.queue.shape[0]:
             raise ValueError(
                 f"queue_size ({self.queue.shape[0]}) must be at least the keys enqueued per step "
@@ -211,5 +205,5 @@ class MoCo(nn.Module):
             k_sym = self.keys(x_q)
             loss = (loss + info_nce(self.queries(x_k), k_sym, negatives, self.temperature)) / 2
             k = torch.cat([k, k_sym])
-        self._enqueue(k)
+        self._enqueue(all_gather_cat(k) if self.gather_distributed else k)
         return loss

@@ -16,9 +16,10 @@ from torch import nn
 
 from clcourse.encoders import ProjectionHead
 from clcourse.losses import nt_xent
+from clcourse.methods.base import Method, views_and_labels
 
 
-class SimCLR(nn.Module):
+class SimCLR(Method):
     """Encoder + projection head + NT-Xent [1].
 
     Args:
@@ -28,16 +29,12 @@ class SimCLR(nn.Module):
         head_layers: Linear layers in the head (2 = SimCLR's nonlinear head,
             1 = linear, 0 = none).
         temperature: the NT-Xent temperature tau > 0.
+        gather_distributed: on several processes, negatives from all of them (the global
+            batch of [1], section 2.2).
 
     A batch is ``(views, labels)`` with ``views`` a list of two tensors
     [B, C, H, W]; labels are ignored (self-supervised).
-
-    ``loss_fn(z1, z2, temperature)`` is the loss, :func:`clcourse.losses.nt_xent`;
-    data-parallel training sets it to :func:`clcourse.distributed.distributed_nt_xent`
-    so that negatives come from every process.
     """
-
-    loss_fn = staticmethod(nt_xent)
 
     def __init__(
         self,
@@ -46,33 +43,14 @@ class SimCLR(nn.Module):
         hidden_dim: int | None = None,
         head_layers: int = 2,
         temperature: float = 0.5,
+        gather_distributed: bool = False,
     ):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.encoder = encoder
-        self.projector = ProjectionHead(
-            encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers
-        )
-        self.temperature = temperature
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Representations before the head: [B, C, H, W] -> [B, encoder.out_dim]."""
-        return self.encoder(x)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Projections the loss sees: [B, C, H, W] -> [B, projection_dim]."""
-        return self.projector(self.encoder(x))
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers)
+        super().__init__(encoder, head, temperature=temperature, gather_distributed=gather_distributed)
 
     def training_step(self, batch) -> torch.Tensor:
         """NT-Xent of one batch ``(views, labels)``, views = [x1, x2] each [B, C, H, W]."""
-        views, _ = batch
-        if len(views) != 2:
-            raise ValueError(f"SimCLR expects 2 views per image, got {len(views)}")
-        x1, x2 = views
-        if x1.shape != x2.shape:
-            raise ValueError(f"the two views must have the same shape, got {list(x1.shape)} and {list(x2.shape)}")
+        (x1, x2), _ = views_and_labels(batch, "SimCLR", n_views=2)
         # One forward pass over both views keeps batch-norm statistics shared, as in [1].
-        z = self.project(torch.cat([x1, x2]))
-        z1, z2 = z.chunk(2)
-        return self.loss_fn(z1, z2, self.temperature)
+        z1, z2 = self.project(torch.cat([x1, x2])).chunk(2)
+        return nt_xent(z1, z2, self.temperature, gather_distributed=self.gather_distributed)

@@ -20,18 +20,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clcourse.distributed import all_gather_cat, rank, world_size
 from clcourse.encoders import ProjectionHead
 from clcourse.losses import supcon
+from clcourse.methods.base import Method, views_and_labels
 
 UNLABELLED = -1
 
 
-def unlabelled_as_own_class(labels: torch.Tensor) -> torch.Tensor:
+def unlabelled_as_own_class(labels: torch.Tensor, first_free: int | None = None) -> torch.Tensor:
     """Give every label -1 (unlabelled) a class id of its own, unused by the other labels.
 
     Shapes: labels [N] integer, values >= 0 or -1 -> [N] int64, the labelled
-    entries unchanged and the unlabelled ones numbered from max(labels) + 1 on.
-    Under SupCon [1] an unlabelled image's only positives are then its other views.
+    entries unchanged and the unlabelled ones numbered from ``first_free`` on
+    (default max(labels) + 1; on several processes the caller picks ranges that
+    no other process uses). Under SupCon [1] an unlabelled image's only positives
+    are then its other views.
     """
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor of shape [N], got {type(labels).__name__}")
@@ -43,12 +47,13 @@ def unlabelled_as_own_class(labels: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"labels must be class ids >= 0, or -1 for unlabelled, got a minimum of {labels.min().item()}")
     labels = labels.long()
     unlabelled = labels == UNLABELLED
-    first_free = labels.max() + 1 if labels.numel() else 0
+    if first_free is None:
+        first_free = labels.max() + 1 if labels.numel() else 0
     fresh = first_free + torch.arange(int(unlabelled.sum()), device=labels.device)
     return labels.masked_scatter(unlabelled, fresh)
 
 
-class SupCon(nn.Module):
+class SupCon(Method):
     """Encoder + projection head + the supervised contrastive loss [1].
 
     Args:
@@ -61,18 +66,13 @@ class SupCon(nn.Module):
         variant: "out" (L_out, [1] eq. 2, the one [1] recommends) or "in" (L_in, eq. 3);
             they coincide when every anchor has exactly one positive.
         supervised: False ignores the labels: instance discrimination, SimCLR's loss.
+        gather_distributed: on several processes, positives and negatives from all of them.
 
     A batch is ``(views, labels)``: ``views`` a list of V >= 1 tensors
     [B, C, H, W] (V >= 2 without labels), ``labels`` int [B] with -1 for
     unlabelled images (see :func:`unlabelled_as_own_class`), or None for
     no labels at all.
-
-    ``loss_fn(z, labels, temperature, variant)`` is the loss, :func:`clcourse.losses.supcon`;
-    data-parallel training sets it to :func:`clcourse.distributed.distributed_supcon`
-    so that positives and negatives come from every process.
     """
-
-    loss_fn = staticmethod(supcon)
 
     def __init__(
         self,
@@ -83,36 +83,19 @@ class SupCon(nn.Module):
         temperature: float = 0.1,
         variant: str = "out",
         supervised: bool = True,
+        gather_distributed: bool = False,
     ):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         if variant not in ("out", "in"):
             raise ValueError(f"variant must be 'out' or 'in', got {variant!r}")
-        self.encoder = encoder
-        self.projector = ProjectionHead(
-            encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers, batch_norm=False
-        )
-        self.temperature = temperature
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim,
+                              num_layers=head_layers, batch_norm=False)
+        super().__init__(encoder, head, temperature=temperature, gather_distributed=gather_distributed)
         self.variant = variant
         self.supervised = supervised
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Representations before the head: [B, C, H, W] -> [B, encoder.out_dim]."""
-        return self.encoder(x)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Projections the loss sees: [B, C, H, W] -> [B, projection_dim]."""
-        return self.projector(self.encoder(x))
-
     def training_step(self, batch) -> torch.Tensor:
         """SupCon loss of one batch ``(views, labels)``, views V tensors [B, C, H, W], labels [B] or None."""
-        views, labels = batch
-        if len(views) == 0:
-            raise ValueError("SupCon expects at least 1 view per image, got none")
-        shapes = {tuple(v.shape) for v in views}
-        if len(shapes) != 1:
-            raise ValueError(f"all views must have the same shape, got {sorted(map(list, shapes))}")
+        views, labels = views_and_labels(batch, "SupCon", min_views=1)
         n, v = views[0].shape[0], len(views)
         if not self.supervised:
             labels = None
@@ -121,8 +104,19 @@ class SupCon(nn.Module):
         if labels is not None:
             if isinstance(labels, torch.Tensor) and labels.shape != (n,):
                 raise ValueError(f"labels must have shape [{n}] (one per image), got {list(labels.shape)}")
-            labels = unlabelled_as_own_class(labels)
+            labels = unlabelled_as_own_class(labels, self._first_free_class(labels))
         # One forward pass over all views keeps batch-norm statistics shared, as SimCLR does.
         z = self.project(torch.cat(views))  # [V*B, D], view-major
         z = z.view(v, n, -1).transpose(0, 1)  # [B, V, D]
-        return self.loss_fn(z, labels, self.temperature, self.variant)
+        return supcon(z, labels, self.temperature, self.variant, gather_distributed=self.gather_distributed)
+
+    def _first_free_class(self, labels) -> int | None:
+        """Where this process numbers its unlabelled images: None (after its own labels) unless gathering.
+
+        Gathered across W processes, rank r numbers them from max(all labels) + 1 + r * B on,
+        so an unlabelled image never shares a class with another process's images.
+        """
+        if not (self.gather_distributed and world_size() > 1 and isinstance(labels, torch.Tensor)):
+            return None
+        everyone = all_gather_cat(labels.long())
+        return int(everyone.max()) + 1 + rank() * len(labels)

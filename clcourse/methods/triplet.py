@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clcourse.encoders import ProjectionHead
-from clcourse.losses import mine_triplets, triplet_margin
+from clcourse.losses import all_triplets_loss, mine_triplets, pairwise_distance, triplet_margin
+from clcourse.methods.base import Method, views_and_labels
 
 STRATEGIES = ("all", "semi-hard", "hard")
 DISTANCES = ("euclidean", "cosine")
@@ -67,47 +68,6 @@ class TripletStats:
     mined: int
     zero_loss_fraction: float
     mean_distance: float
-
-
-def pairwise_distance(z: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
-    """Distances between the L2-normalised rows of z [M, D] -> [M, M], as in `triplet_margin`.
-
-    "euclidean": |a - b| on the unit sphere, in [0, 2]; "cosine": 1 - cos(a, b), in [0, 2].
-    Computed in float32 at least (float64 stays float64). Differentiable: coincident points
-    (distance 0, where the square root has no derivative) get a zero gradient.
-    """
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    x = F.normalize(z.double() if z.dtype == torch.float64 else z.float(), dim=1)
-    cos = x @ x.t()
-    if distance == "euclidean":
-        # clamp's gradient is 0 below its minimum, so sqrt's infinite slope at 0 never propagates
-        return (2.0 - 2.0 * cos).clamp(min=1e-12).sqrt()
-    return 1.0 - cos
-
-
-def all_triplets_loss(z: torch.Tensor, ids: torch.Tensor, margin: float, distance: str = "euclidean") -> torch.Tensor:
-    """Mean triplet loss over every valid triplet of a batch, without listing the triplets.
-
-    Shapes: z [M, D], ids [M] integer; returns a scalar. The same value (up to rounding) as
-    ``triplet_margin(z[a], z[p], z[n], margin)`` on ``mine_triplets(z, ids, "all")`` [1], but
-    from one [M, M] distance matrix: gathering the O(M^3) triplets as [T, D] rows costs
-    hundreds of MB at M = 512. Zero when the batch has no valid triplet.
-    """
-    dist = pairwise_distance(z, distance)
-    same = ids.unsqueeze(0) == ids.unsqueeze(1)
-    eye = torch.eye(len(ids), dtype=torch.bool, device=z.device)
-    neg_mask = ~same
-    a, p = (same & ~eye).nonzero(as_tuple=True)
-    neg = neg_mask[a]  # [P, M]: the negatives of each positive pair's anchor
-    if not neg.any():
-        return z.sum() * 0.0
-    # index_select and gather rather than dist[a], dist[a, p]: on the CPU their backward sums
-    # repeated indices in a fixed order, so training is reproducible run to run.
-    rows = dist.index_select(0, a)  # [P, M]: d(a, .) for every positive pair
-    d_ap = rows.gather(1, p.unsqueeze(1))  # [P, 1]
-    violation = (d_ap - rows + margin).masked_fill(~neg, 0.0)
-    return F.relu(violation).sum() / neg.sum()
 
 
 @torch.no_grad()
@@ -160,7 +120,7 @@ def _count_valid(ids: torch.Tensor) -> int:
     return int((n_pos * (~same).sum(dim=1)).sum())
 
 
-class Triplet(nn.Module):
+class Triplet(Method):
     """Encoder + projection head + triplet margin loss on mined triplets [1, 2].
 
     Args:
@@ -193,30 +153,20 @@ class Triplet(nn.Module):
         distance: str = "euclidean",
         supervised: bool = False,
     ):
-        super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         if not margin >= 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
-        self.encoder = encoder
-        self.projector = ProjectionHead(
-            encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers
-        )
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers)
+        # Mining happens inside each process's batch: there is nothing to gather (None).
+        super().__init__(encoder, head, gather_distributed=None)
         self.margin = float(margin)
         self.strategy = strategy
         self.distance = distance
         self.supervised = supervised
         self.stats: list[TripletStats] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Representations before the head: [B, C, H, W] -> [B, encoder.out_dim]."""
-        return self.encoder(x)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings the loss sees: [B, C, H, W] -> [B, projection_dim]."""
-        return self.projector(self.encoder(x))
 
     def view_ids(self, labels: torch.Tensor | None, n: int, v: int, device: torch.device) -> torch.Tensor:
         """Identity of each of the V*B views (view-major): its image index, or its class when supervised."""
@@ -231,12 +181,7 @@ class Triplet(nn.Module):
 
     def training_step(self, batch) -> torch.Tensor:
         """Triplet loss of one batch ``(views, labels)`` on the triplets the strategy mines."""
-        views, labels = batch
-        if len(views) == 0:
-            raise ValueError("Triplet expects at least 1 view per image, got none")
-        shapes = {tuple(x.shape) for x in views}
-        if len(shapes) != 1:
-            raise ValueError(f"all views must have the same shape, got {sorted(map(list, shapes))}")
+        views, labels = views_and_labels(batch, "Triplet", min_views=1)
         n, v = views[0].shape[0], len(views)
         if not self.supervised and v < 2:
             raise ValueError("self-supervised Triplet needs at least 2 views per image (the positives), got 1")

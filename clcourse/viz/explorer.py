@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ipywidgets as widgets
 import matplotlib
@@ -274,3 +275,24 @@ def embedding_explorer(
     factors name -> [N], labels [N].
     """
     return EmbeddingExplorer(projections, images, factors, label_names, labels=labels)
+
+
+def explore_embeddings(
+    path: str | Path,
+    images: torch.Tensor | np.ndarray | None = None,
+    label_names: LabelNames | None = None,
+    *,
+    seed: int = 0,
+) -> EmbeddingExplorer:
+    """Open the representations ``clcourse embed`` wrote (``.npy`` or ``.csv``) in the explorer.
+
+    The features are projected with UMAP (:func:`~clcourse.viz.umap_2d`, seeded) and coloured by
+    their labels; ``images`` [N, C, H, W], in the file's order, are shown for the selected point.
+    """
+    from clcourse.runs import load_embeddings
+
+    from .projection import umap_2d
+
+    features, labels = load_embeddings(path)
+    return embedding_explorer({Path(path).stem: umap_2d(features, seed=seed)}, images,
+                              label_names=label_names, labels=labels)

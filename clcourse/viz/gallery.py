@@ -84,8 +84,6 @@ def augment_from_settings(size: int, enabled: Mapping[str, bool], strengths: Map
 
     An operation that is off gets its identity setting: crop area (1, 1), probabilities 0.
     Colour jitter of strength s is ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with p = 0.8 [1, App. A].
-
-    [1] Chen et al., SimCLR, 2020.
     """
     unknown = (set(enabled) | set(strengths)) - set(OPERATIONS)
     if unknown:
@@ -214,8 +212,6 @@ def operations_figure(
 
     Returns:
         the pyplot Figure (a notebook shows it at the end of the cell, like ``image_grid``).
-
-    [1] Chen et al., SimCLR, 2020.
     """
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
         raise ValueError(f"image must be one tensor [C, H, W], got {getattr(image, 'shape', type(image).__name__)}")
@@ -255,8 +251,6 @@ class AugmentationGallery:
         figure: the matplotlib Figure redrawn on every change.
 
     Views of one image are what SimCLR asks the encoder to agree on [1].
-
-    [1] Chen et al., A Simple Framework for Contrastive Learning of Visual Representations (SimCLR), 2020.
     """
 
     def __init__(

@@ -38,57 +38,15 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from clcourse.losses import info_nce_from_similarities
+
 from .output import show_figure
 from .plots import check_images, display_pixels, to_numpy
 
-__all__ = ["info_nce_from_similarities", "negative_weights", "NegativesState", "NegativesExplorer"]
+__all__ = ["negative_weights", "NegativesState", "NegativesExplorer"]
 
 SELECTIONS = ("random", "hard")
 _TRUE_NEG, _FALSE_NEG, _POSITIVE, _ALL = "tab:blue", "tab:red", "tab:green", "0.75"
-
-
-def info_nce_from_similarities(
-    pos_sim: Tensor,
-    neg_sim: Tensor,
-    temperature: float,
-    *,
-    hard_negative_beta: float = 0.0,
-    debiased_tau_plus: float = 0.0,
-) -> Tensor:
-    """Per-query InfoNCE from cosine similarities: pos_sim [N], neg_sim [N, K] -> losses [N].
-
-    The same loss as `clcourse.losses.info_nce` (whose mean over queries it equals), written on
-    similarities instead of embeddings so that its gradient with respect to each negative's
-    logit can be read off: with l = s / t, pos = exp(l_pos) and
-    Ng = K * sum_k w_k exp(l_k), w = softmax(beta * l) [2], then Ng <- (Ng - tau+ K pos) / (1 - tau+) [3]
-    and Ng >= K e^{-1/t} when an option is on, the loss is log(pos + Ng) - l_pos.
-    """
-    if pos_sim.dim() != 1 or neg_sim.dim() != 2 or neg_sim.shape[0] != pos_sim.shape[0] or neg_sim.shape[1] < 1:
-        raise ValueError(
-            f"pos_sim must be [N] and neg_sim [N, K] with K >= 1, got {list(pos_sim.shape)} and {list(neg_sim.shape)}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if hard_negative_beta < 0 or not 0 <= debiased_tau_plus < 1:
-        raise ValueError(
-            f"need hard_negative_beta >= 0 and debiased_tau_plus in [0, 1), got {hard_negative_beta} and {debiased_tau_plus}"
-        )
-    pos_logit, neg_logits = pos_sim / temperature, neg_sim / temperature
-    if hard_negative_beta == 0 and debiased_tau_plus == 0:
-        return torch.logsumexp(torch.cat([pos_logit.unsqueeze(1), neg_logits], dim=1), dim=1) - pos_logit
-    k = neg_sim.shape[1]
-    log_ng = (
-        math.log(k)
-        + torch.logsumexp((hard_negative_beta + 1) * neg_logits, dim=1)
-        - torch.logsumexp(hard_negative_beta * neg_logits, dim=1)
-    )
-    log_floor = math.log(k) - 1.0 / temperature
-    shift = torch.maximum(torch.maximum(log_ng, pos_logit), torch.full_like(pos_logit, log_floor)).detach()
-    ng = torch.exp(log_ng - shift)
-    if debiased_tau_plus > 0:
-        ng = (ng - debiased_tau_plus * k * torch.exp(pos_logit - shift)) / (1 - debiased_tau_plus)
-    ng = torch.maximum(ng, torch.exp(log_floor - shift))
-    return torch.log(torch.exp(pos_logit - shift) + ng) + (shift - pos_logit)
 
 
 def negative_weights(
@@ -101,7 +59,7 @@ def negative_weights(
 ) -> Tensor:
     """How hard each query's loss pushes each negative away: d loss_i / d logit_ik, [N, K].
 
-    pos_sim [N], neg_sim [N, K] as in `info_nce_from_similarities`, logit = similarity / t. For
+    pos_sim [N], neg_sim [N, K] as in `clcourse.losses.info_nce_from_similarities`, logit = similarity / t. For
     plain InfoNCE this is the softmax probability of negative k among the 1 + K candidates, so a
     row sums to 1 - p(positive). beta > 0 [2] moves weight towards the most similar negatives;
     as the weights w = softmax(beta * l) are themselves differentiated (as in the authors' code),

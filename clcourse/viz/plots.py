@@ -2,6 +2,8 @@
 
 Both draw with matplotlib and return the Axes / Figure, so a notebook can add
 to them or save them.
+
+[1] Chen et al., A Simple Framework for Contrastive Learning of Visual Representations (SimCLR), 2020.
 """
 
 from __future__ import annotations
@@ -147,8 +149,6 @@ def plot_embedding(
         The Axes; ``ax.collections[0]`` is the scatter.
 
     UMAP plots like this one are how [1] show the learned space is organised by class.
-
-    [1] Chen et al., A Simple Framework for Contrastive Learning of Visual Representations (SimCLR), 2020.
     """
     xy = check_xy(xy)
     n = len(xy)
@@ -270,8 +270,6 @@ def show_views(
         The Figure: rows = images, columns = original + ``n_views`` views.
 
     Two views of the same image are a positive pair in [1].
-
-    [1] Chen et al., A Simple Framework for Contrastive Learning of Visual Representations (SimCLR), 2020.
     """
     if not callable(pipeline):
         raise TypeError(f"pipeline must be callable, got {type(pipeline).__name__}")

@@ -68,4 +68,10 @@ def umap_2d(
         random_state=int(seed),
         n_jobs=1,  # what random_state forces anyway; saying it silences UMAP's warning
     )
-    return reducer.fit_transform(features).astype(np.float32)
+    # The first fit in a process starts numba's OpenMP threads, which resets the OpenMP thread
+    # count that torch shares (torch.set_num_threads(1) reads 2 afterwards on 2 cores): put it back.
+    threads = torch.get_num_threads()
+    try:
+        return reducer.fit_transform(features).astype(np.float32)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,117 @@
+"""Every method of the recipes, trained on 2 processes, equals one process on the concatenated batch.
+
+The contract behind ``gather_distributed``: with it, the losses and the parameters of a run on
+W processes (DistributedDataParallel, gloo) follow the single-process run on the global batch
+step for step; without it each process contrasts its own share only, and the run differs. A new
+method in :data:`clcourse.recipes.METHODS` is tested here automatically: one that ignores the
+option (trains on local negatives) fails.
+
+The encoder and head have no batch norm, so the per-process statistics of data-parallel training
+play no part and the comparison can be exact.
+"""
+
+
+import pytest
+import torch
+from torch import nn
+
+from clcourse.distributed import DistributedMethod
+from clcourse.methods import Triplet
+from clcourse.recipes import METHODS, get_recipe, method_class
+from gloo import run_on_processes
+
+WORLD, BATCH, STEPS = 2, 16, 3
+
+
+class LinearEncoder(nn.Module):
+    """[B, 1, 8, 8] -> [B, 16], no batch norm."""
+
+    out_dim = 16
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 16)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def make_method(name: str, gather: bool) -> nn.Module:
+    torch.manual_seed(0)  # the same weights in every process and in the reference
+    recipe = get_recipe(name, "quick", "digits")
+    options = {**recipe.method_options, **({"queue_size": 64} if name == "moco" else {})}
+    return method_class(name)(LinearEncoder(), projection_dim=8, head_layers=1, temperature=recipe.temperature,
+                              gather_distributed=gather, **options)
+
+
+def global_batch(step: int):
+    g = torch.Generator().manual_seed(100 + step)
+    x1, x2 = torch.rand(BATCH, 1, 8, 8, generator=g), torch.rand(BATCH, 1, 8, 8, generator=g)
+    return [x1, x2], torch.randint(-1, 3, (BATCH,), generator=g)  # -1: unlabelled (SupCon)
+
+
+def train(method, trainee, rows: slice) -> dict:
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
+    losses = []
+    for step in range(STEPS):
+        views, labels = global_batch(step)
+        loss = trainee.training_step(([v[rows] for v in views], labels[rows]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.on_step_end()
+        losses.append(loss.item())
+    return {"losses": losses, "weights": method.encoder.fc.weight.detach().clone()}
+
+
+def one_process_run(name: str) -> dict:
+    """The reference: one process trains on the whole global batch."""
+    method = make_method(name, gather=False)
+    return train(method, method, rows=slice(None))
+
+
+def _worker(rank):
+    share = BATCH // WORLD
+    rows = slice(rank * share, (rank + 1) * share)
+    results = {}
+    for name in METHODS:
+        for gather in (True, False):
+            method = make_method(name, gather)
+            trainee = DistributedMethod(method, "cpu", local_negatives=not gather)
+            results[f"{name}/{'gathered' if gather else 'local'}"] = train(method, trainee, rows)
+    refused = []
+    for method in (make_method("simclr", False), Triplet(LinearEncoder(), projection_dim=8)):
+        try:
+            DistributedMethod(method, "cpu")
+        except ValueError as error:
+            refused.append(str(error))
+    results["refused"] = refused
+    return results
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    return run_on_processes(_worker, WORLD, tmp_path_factory.mktemp("methods"), timeout=300)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_gathered_training_equals_one_process_on_the_global_batch(two_processes, name):
+    reference = one_process_run(name)
+    for results in two_processes:
+        run = results[f"{name}/gathered"]
+        assert run["losses"] == pytest.approx(reference["losses"], abs=2e-5)
+        torch.testing.assert_close(run["weights"], reference["weights"], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_local_negatives_train_differently(two_processes, name):
+    """Discriminates: a method that ignored gather_distributed would train like this, and fail above."""
+    reference = one_process_run(name)
+    local = two_processes[0][f"{name}/local"]
+    assert max(abs(a - b) for a, b in zip(local["losses"], reference["losses"])) > 1e-3
+
+
+def test_a_method_without_gathering_is_refused_unless_asked_for(two_processes):
+    simclr, triplet = two_processes[0]["refused"]
+    assert "gather_distributed=False" in simclr and "local_negatives=True" in simclr
+    assert "Triplet cannot gather" in triplet
