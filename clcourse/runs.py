@@ -1,8 +1,8 @@
 """Runs of a recipe: train, evaluate and write a run folder; export what a trained run computes.
 
-A run folder ``DIR`` holds ``last.pt`` (the checkpoint, every epoch), ``history.json`` (loss,
-learning rate and time of every step) and ``metrics.json`` (the evaluation, the recipe, device,
-time, throughput). :func:`train_run` writes it; :func:`embed_run` reads it back and exports the
+A run folder ``DIR`` holds ``last.pt`` (the checkpoint: after an epoch at most every 30 s, and at
+the end), ``history.json`` (loss, learning rate and time of every step) and ``metrics.json`` (the
+evaluation, the recipe, device, time, throughput). :func:`train_run` writes it; :func:`embed_run` reads it back and exports the
 encoder's representations of a dataset as ``.npy`` or ``.csv``, which
 :func:`load_embeddings` (and the embedding explorer) open. ``clcourse train`` and
 ``clcourse embed`` are thin parsers around these two functions.
