@@ -172,7 +172,7 @@ class Recipe:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if (self.dataset == "folder") != (self.data_path is not None):
             raise ValueError("dataset 'folder' needs a data_path (and only it): --dataset folder:PATH")
-        self.budget  # exactly one budget, > 0
+        Budget.of(self.epochs, self.steps, self.seconds)  # raises unless exactly one budget is set, > 0
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if self.lr <= 0 or self.temperature <= 0:
