@@ -395,7 +395,8 @@ def fit(
                 # refresh=False: the bar redraws at most every PROGRESS_INTERVAL_S (in update). A redraw per
                 # step floods a notebook's output channel, and Jupyter then drops messages (kernels hang).
                 bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.0f}", epoch=clock.epoch + 1, refresh=False)
-                bar.update(now - clock.elapsed if budget.kind == "seconds" else 1)
+                # a time bar advances by seconds, clamped at the budget: tqdm drops a total that n overshoots
+                bar.update(min(now, budget.value) - min(clock.elapsed, budget.value) if budget.kind == "seconds" else 1)
                 clock.elapsed = now
                 if budget.kind != "epochs" and clock.done():
                     break

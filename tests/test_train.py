@@ -276,3 +276,19 @@ def test_checkpoint_interval_skips_last_pt_between_epochs_but_writes_the_end(tmp
     written.clear()
     fit(Regression(), SeededLoader(), epochs=3, device="cpu", checkpoint_dir=tmp_path, progress=False)
     assert written == [("last.pt", 1), ("last.pt", 2), ("last.pt", 3)]  # the default: every epoch
+
+
+def test_a_time_budgets_progress_bar_ends_at_its_total(monkeypatch):
+    from clcourse import train
+
+    bars = []
+
+    class RecordingBar(train.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False})
+            bars.append(self)
+
+    monkeypatch.setattr(train, "tqdm", RecordingBar)
+    torch.manual_seed(0)
+    fit(Regression(), SeededLoader(), seconds=0.2, device="cpu")
+    assert bars[0].total == 0.2 and bars[0].n == pytest.approx(0.2)  # not more: tqdm would show "?" as the total
