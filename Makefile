@@ -7,7 +7,6 @@ PORT ?= 8888
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
-ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 
 .PHONY: lab test setup unit notebooks exercises bench doctor clean
@@ -18,12 +17,13 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	@# contributors: refuse commits of notebooks that carry outputs (.githooks/pre-commit)
+	@if [ -d .git ] && [ -z "$$(git config --get core.hooksPath)" ]; then git config core.hooksPath .githooks; fi
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 lab: $(STAMP)
-	@echo "Opening the course at http://localhost:$(PORT)/lab (lesson 00 first)"
-	$(VENV)/bin/jupyter lab --port=$(PORT) --ServerApp.root_dir=. $(ROOT_FLAG) notebooks/00_welcome.ipynb
+	$(VENV)/bin/clcourse lab --port $(PORT)
 
 test: $(STAMP)
 	sh tests/install_browser.sh

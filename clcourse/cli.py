@@ -215,6 +215,65 @@ def run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_lab_command(subparsers) -> None:
+    """``clcourse lab [--port N] [--workspace DIR] [--lesson NN_topic] [--no-browser]``: what ``make lab`` runs."""
+    parser = subparsers.add_parser(
+        "lab", help="open the course in JupyterLab, in a workspace of your own",
+        description="Copy the lessons and exercises into your workspace (new ones only; a lesson you changed is "
+                    "never overwritten: a newer version goes beside it as NN_topic.new.ipynb), then start "
+                    "JupyterLab there and print the one URL that opens the first lesson.")
+    parser.add_argument("--port", type=int, default=8888, metavar="N", help="default: 8888")
+    parser.add_argument("--workspace", type=Path, metavar="DIR",
+                        help="default: $CLCOURSE_WORKSPACE, else workspace/ in the checkout (ignored by git)")
+    parser.add_argument("--lesson", default="00_welcome", metavar="NN_topic", help="default: 00_welcome")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser window")
+    parser.set_defaults(func=run_lab)
+
+
+def run_lab(args: argparse.Namespace) -> int:
+    """Synchronise the workspace, print the lesson's URL and replace this process with JupyterLab."""
+    import os
+    import secrets
+
+    from clcourse.workspace import default_workspace, sync_workspace
+
+    workspace = (args.workspace or default_workspace()).resolve()
+    for change in sync_workspace(workspace):
+        print(f"workspace: {change}")
+    lesson = workspace / "lessons" / f"{args.lesson}.ipynb"
+    if not lesson.is_file():
+        return _fail("lab", f"no lesson {args.lesson!r} in {workspace / 'lessons'}")
+    _switch_off_lab_news()
+    token = secrets.token_hex(16)
+    url = f"http://localhost:{args.port}/lab/tree/lessons/{lesson.name}?token={token}"
+    print(f"\nYour workspace: {workspace}\nOpen the course at\n\n    {url}\n", flush=True)
+    command = [sys.executable, "-m", "jupyter", "lab", f"--port={args.port}", "--ServerApp.port_retries=0",
+               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={workspace}", "--LabApp.news_url=None",
+               str(lesson)]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")
+    if args.no_browser:
+        command.append("--no-browser")
+    os.execv(sys.executable, command)  # JupyterLab takes over this process: Ctrl+C and signals reach it
+    return 0  # not reached
+
+
+def _switch_off_lab_news() -> None:
+    """Set JupyterLab's "fetch news" default off in this environment, so no pop-up covers the lesson."""
+    import json
+
+    path = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    try:
+        settings = json.loads(path.read_text()) if path.is_file() else {}
+        notification = settings.setdefault("@jupyterlab/apputils-extension:notification", {})
+        if notification.get("fetchNews") != "false":
+            notification["fetchNews"] = "false"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(settings, indent=2) + "\n")
+    except (OSError, ValueError) as error:  # a read-only or hand-edited environment: the pop-up stays
+        print(f"clcourse lab: could not switch JupyterLab's news pop-up off in {path}: {error}", file=sys.stderr)
+
+
 def add_doctor_command(subparsers) -> None:
     """``clcourse doctor``: what the course will run with, and what is missing."""
     parser = subparsers.add_parser(
@@ -323,7 +382,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = (add_grade_command, add_exercises_command, add_train_command, add_embed_command, add_doctor_command)
+COMMANDS = (add_lab_command, add_grade_command, add_exercises_command, add_train_command, add_embed_command,
+            add_doctor_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,14 +1,16 @@
-"""Lesson 03's temperature explorer in a real browser: JupyterLab driven by Chromium through Playwright.
+"""The course in a real browser: JupyterLab started the way `make lab` starts it, driven by Chromium through Playwright.
 
-What it proves that the unit tests cannot: the notebook runs top to bottom in JupyterLab, the widget
-renders, a keyboard on the slider reaches the kernel's callback, and the picture on screen changes.
+What it proves that the unit tests cannot: `make lab`'s command (`clcourse lab`) seeds a workspace and prints a
+URL that opens lesson 00; a lesson runs top to bottom in JupyterLab; the temperature explorer renders, a keyboard
+on its slider reaches the kernel's callback and the picture on screen changes; and running a lesson leaves the
+repository's `git status` as it was (the learner's outputs go to the workspace).
 
-It starts JupyterLab on a free localhost port with throw-away config/data/runtime/settings/workspace
-folders, serving a *copy* of notebooks/ (autosave would otherwise write outputs into the repository),
-opens lesson 03, runs all cells (CLCOURSE_PROFILE=quick; about 2 minutes on 2 idle cores), scrolls to
-the explorer, presses ArrowRight five times on the slider handle, waits for the exact final status
-text and compares the figure before and after. Screenshots go to $CLCOURSE_BROWSER_ARTIFACTS or, by
-default, to pytest's tmp_path; the path is printed (see it with pytest -s).
+It starts `python -m clcourse lab --no-browser` on a free localhost port with a throw-away workspace and
+throw-away config/data/runtime/settings folders, reads the URL it prints, opens it and checks lesson 00 is the
+notebook on screen; then opens lesson 03 (the workspace's copy), runs all cells (CLCOURSE_PROFILE=quick; about
+1.5 minutes on 2 idle cores), scrolls to the explorer, presses ArrowRight five times on the slider handle, waits
+for the exact final status text and compares the figure before and after. Screenshots go to
+$CLCOURSE_BROWSER_ARTIFACTS or, by default, to pytest's tmp_path; the path is printed (see it with pytest -s).
 
 Needs Debian's Chromium (tests/install_browser.sh) and the playwright package; never
 `playwright install` (it downloads a browser). Skips with the reason when either is missing.
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -77,12 +77,10 @@ def _write_settings(settings: Path) -> None:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server on a copy of notebooks/; yields (base url, token). Stopped with SIGTERM."""
+    """`clcourse lab` (what `make lab` runs) on a throw-away workspace; yields (printed url, base url, token)."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    root = tmp_path / "root"
-    shutil.copytree(REPO / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     env = dict(os.environ, CLCOURSE_PROFILE="quick", PYTHONUNBUFFERED="1")
     for var, name in [
         ("JUPYTER_CONFIG_DIR", "config"),
@@ -95,22 +93,20 @@ def lab(tmp_path):
         env[var] = str(tmp_path / name)
         (tmp_path / name).mkdir()
     _write_settings(tmp_path / "settings")
-    port, token = _free_port(), secrets.token_hex(16)
-    command = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser",
-        "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--LabApp.news_url=None", "--LabApp.expose_app_in_browser=True",
-    ]
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        command.append("--allow-root")
+    for config in ("jupyter_server_config.json", "jupyter_lab_config.json"):  # the page's window.jupyterapp
+        (tmp_path / "config" / config).write_text(json.dumps({"LabApp": {"expose_app_in_browser": True}}))
+    port = _free_port()
+    command = [sys.executable, "-m", "clcourse", "lab", "--no-browser", f"--port={port}",
+               f"--workspace={tmp_path / 'workspace'}"]
     log_path = tmp_path / "jupyterlab.log"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    base = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
+        url = _printed_url(server, log_path)
+        token = url.split("token=")[1]
+        base = f"http://127.0.0.1:{port}"
         _wait_until_ready(base, token, server, log_path)
-        yield base, token
+        yield url, base, token
     finally:
         server.send_signal(signal.SIGTERM)  # also ends its kernels
         try:
@@ -118,6 +114,25 @@ def lab(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _printed_url(server: subprocess.Popen, log_path: Path, timeout: float = 60) -> str:
+    """The URL `clcourse lab` printed before handing over to JupyterLab."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if line.strip().startswith("http://localhost:") and "token=" in line:
+                return line.strip()
+        if server.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"clcourse lab printed no URL within {timeout} s:\n{log_path.read_text()[-3000:]}")
+
+
+def _git_status() -> str | None:
+    """`git status --porcelain` of the checkout, or None outside a git checkout."""
+    result = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
 
 
 def _wait_until_ready(base: str, token: str, server: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
@@ -145,6 +160,7 @@ def artifacts(tmp_path) -> Path:
 
 
 # JavaScript run in the page, against the app that --LabApp.expose_app_in_browser exposes.
+CURRENT_NOTEBOOK = "(() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget; return w && w.context ? w.context.path : null; })()"
 KERNEL_IDLE = """() => {
     const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;
     const kernel = panel && panel.sessionContext && panel.sessionContext.session
@@ -200,7 +216,8 @@ def test_temperature_slider_redraws_the_explorer(lab, artifacts):
 
     from clcourse.viz.temperature import DEFAULT_TEMPERATURES, nearest_temperature, status_text
 
-    base, token = lab
+    url, base, token = lab
+    status_before = _git_status()
     trained = (0.05, 0.1, 0.3, 1.0)  # what the lesson trains
     start = 0.1  # the explorer's first temperature
     final = DEFAULT_TEMPERATURES[DEFAULT_TEMPERATURES.index(start) + PRESSES]
@@ -210,7 +227,13 @@ def test_temperature_slider_redraws_the_explorer(lab, artifacts):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         try:
-            page.goto(f"{base}/lab/tree/notebooks/{NOTEBOOK}?token={token}", timeout=120_000)
+            page.goto(url, timeout=120_000)  # the URL make lab prints opens lesson 00
+            page.wait_for_function(CURRENT_NOTEBOOK + " === 'lessons/00_welcome.ipynb'", timeout=120_000)
+            expect(page.get_by_role("heading", name="Lesson 00").first).to_be_visible(timeout=60_000)
+            page.screenshot(path=str(artifacts / "lesson_00.png"))
+
+            page.goto(f"{base}/lab/tree/lessons/{NOTEBOOK}?token={token}", timeout=120_000)
+            page.wait_for_function(CURRENT_NOTEBOOK + f" === 'lessons/{NOTEBOOK}'", timeout=120_000)
             _run_all_cells(page)
             assert page.evaluate(SCROLL_TO_EXPLORER), "no cell builds the TemperatureExplorer"
 
@@ -248,3 +271,4 @@ def test_temperature_slider_redraws_the_explorer(lab, artifacts):
     before = (artifacts / "explorer_before.png").read_bytes()
     after = (artifacts / "explorer_after.png").read_bytes()
     assert before != after, "the screenshots before and after the slider moved are identical"
+    assert _git_status() == status_before, "running a lesson changed the repository (its outputs belong in the workspace)"

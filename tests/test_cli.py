@@ -22,7 +22,7 @@ def train(out, *args):
 def test_python_dash_m_help_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "clcourse", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for command in ("train", "embed", "doctor", "grade", "exercises"):
+    for command in ("lab", "train", "embed", "doctor", "grade", "exercises"):
         assert command in result.stdout
 
 
@@ -135,3 +135,23 @@ def test_folder_and_embed_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "no trained run" in capsys.readouterr().err
     assert cli.main(["embed", str(tmp_path), "--out", str(tmp_path / "h.txt")]) == 2
     assert ".npy or .csv" in capsys.readouterr().err
+
+
+def test_lab_seeds_the_workspace_prints_the_lesson_url_and_starts_jupyterlab(tmp_path, monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr("os.execv", lambda program, command: started.append(command))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "env"))
+    assert cli.main(["lab", "--workspace", str(tmp_path / "work"), "--port", "9123", "--no-browser"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "work" / "lessons" / "00_welcome.ipynb").is_file()
+    assert (tmp_path / "work" / "exercises" / "03_ntxent.ipynb").is_file()
+    assert "workspace: lessons/00_welcome.ipynb: added" in out
+    url = next(line.strip() for line in out.splitlines() if line.strip().startswith("http"))
+    token = url.split("token=")[1]
+    assert url == f"http://localhost:9123/lab/tree/lessons/00_welcome.ipynb?token={token}" and len(token) == 32
+    command = started[0]
+    assert command[1:4] == ["-m", "jupyter", "lab"] and f"--IdentityProvider.token={token}" in command
+    assert f"--ServerApp.root_dir={tmp_path / 'work'}" in command and "--no-browser" in command
+    overrides = json.loads((tmp_path / "env" / "share" / "jupyter" / "lab" / "settings" / "overrides.json").read_text())
+    assert overrides["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+    assert cli.main(["lab", "--workspace", str(tmp_path / "work"), "--lesson", "99_nothing"]) == 2
