@@ -243,7 +243,7 @@ def run_lab(args: argparse.Namespace) -> int:
     lesson = workspace / "lessons" / f"{args.lesson}.ipynb"
     if not lesson.is_file():
         return _fail("lab", f"no lesson {args.lesson!r} in {workspace / 'lessons'}")
-    _switch_off_lab_news()
+    _write_lab_overrides()
     token = secrets.token_hex(16)
     url = f"http://localhost:{args.port}/lab/tree/lessons/{lesson.name}?token={token}"
     print(f"\nYour workspace: {workspace}\nOpen the course at\n\n    {url}\n", flush=True)
@@ -258,20 +258,37 @@ def run_lab(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _switch_off_lab_news() -> None:
-    """Set JupyterLab's "fetch news" default off in this environment, so no pop-up covers the lesson."""
+# JupyterLab settings defaults for this environment (overrides.json: a learner's own settings still win).
+LAB_OVERRIDES = {
+    # no "get notified about Jupyter news?" pop-up over the lesson
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false"},
+    # No kernel subshell for widget comms. JupyterLab creates one (a control-channel create_subshell_request) when
+    # a kernel shows its first widget, e.g. a training cell's tqdm bar; the kernel's status "idle" for that request
+    # is taken by JupyterLab and jupyter_server as the whole kernel's, so the status bar and /api/sessions said
+    # "Idle" until that cell ended. ipykernel routes a notebook widget's messages to the main shell anyway.
+    "@jupyterlab/apputils-extension:kernels-settings": {"commsOverSubshells": "disabled"},
+}
+
+
+def _write_lab_overrides() -> None:
+    """Write LAB_OVERRIDES into this environment's JupyterLab overrides.json (no news pop-up, no comm subshells)."""
     import json
 
     path = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
     try:
         settings = json.loads(path.read_text()) if path.is_file() else {}
-        notification = settings.setdefault("@jupyterlab/apputils-extension:notification", {})
-        if notification.get("fetchNews") != "false":
-            notification["fetchNews"] = "false"
+        changed = False
+        for plugin, values in LAB_OVERRIDES.items():
+            current = settings.setdefault(plugin, {})
+            for key, value in values.items():
+                if current.get(key) != value:
+                    current[key] = value
+                    changed = True
+        if changed:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(settings, indent=2) + "\n")
-    except (OSError, ValueError) as error:  # a read-only or hand-edited environment: the pop-up stays
-        print(f"clcourse lab: could not switch JupyterLab's news pop-up off in {path}: {error}", file=sys.stderr)
+    except (OSError, ValueError) as error:  # a read-only or hand-edited environment: JupyterLab's defaults stay
+        print(f"clcourse lab: could not write JupyterLab's settings defaults to {path}: {error}", file=sys.stderr)
 
 
 def add_doctor_command(subparsers) -> None:

@@ -154,4 +154,5 @@ def test_lab_seeds_the_workspace_prints_the_lesson_url_and_starts_jupyterlab(tmp
     assert f"--ServerApp.root_dir={tmp_path / 'work'}" in command and "--no-browser" in command
     overrides = json.loads((tmp_path / "env" / "share" / "jupyter" / "lab" / "settings" / "overrides.json").read_text())
     assert overrides["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+    assert overrides["@jupyterlab/apputils-extension:kernels-settings"]["commsOverSubshells"] == "disabled"
     assert cli.main(["lab", "--workspace", str(tmp_path / "work"), "--lesson", "99_nothing"]) == 2
