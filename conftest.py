@@ -5,8 +5,9 @@ machine, without making the suite fail on a slow one.
 """
 
 from collections import defaultdict
+from pathlib import Path
 
-LESSON_BUDGET_S = 150  # each lesson runs in about 2 minutes on 2 cores, 150 s at most
+from clcourse.lessons.costs import LESSON_BUDGET_S, LESSON_COSTS
 
 _seconds = defaultdict(float)
 
@@ -22,6 +23,8 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("lesson execution times")
     for path, seconds in sorted(_seconds.items()):
+        cost = LESSON_COSTS.get(Path(path).name[:2])
+        quoted = f"  (the lesson says about {cost.quick_seconds} s)" if cost else ""
         over = f"  <- over the {LESSON_BUDGET_S} s budget" if seconds > LESSON_BUDGET_S else ""
-        terminalreporter.write_line(f"{seconds:7.1f} s  {path}{over}")
+        terminalreporter.write_line(f"{seconds:7.1f} s  {path}{quoted}{over}")
     terminalreporter.write_line(f"{sum(_seconds.values()):7.1f} s  all {len(_seconds)} notebooks")

@@ -1,0 +1,127 @@
+"""What each lesson costs to run, and the knobs that make it faster or fuller.
+
+Every lesson prints :func:`cost_note` at its top, so a learner knows before running it how long it takes on a
+machine like theirs. The seconds are measured, not estimated: each lesson executed alone in a fresh kernel on
+2 idle CPU cores in the quick profile (``python benchmarks/time_lessons.py``, which prints the table that
+``benchmarks/README.md`` keeps; a test checks that the two agree). The full profile has not been timed: this
+project's machines have no GPU, so its note names the regime instead of promising a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..device import Profile, describe_device, usable_cpus
+
+MEASURED_ON = "2 idle CPU cores"
+LESSON_BUDGET_S = 150  # each lesson runs in about 2 minutes on 2 cores, 150 s at most
+
+
+@dataclass(frozen=True)
+class LessonCost:
+    """A lesson's measured cost and how to change it.
+
+    Attributes:
+        title: the lesson's short title.
+        quick_seconds: wall time of the whole lesson, quick profile, on :data:`MEASURED_ON`.
+        full: what the full profile trains (one GPU).
+        faster: which setting to lower for a faster run, and what it costs in results.
+        fuller: which setting to raise for a fuller run.
+    """
+
+    title: str
+    quick_seconds: int
+    full: str
+    faster: str
+    fuller: str
+
+
+LESSON_COSTS: dict[str, LessonCost] = {
+    "00": LessonCost(
+        "Welcome", 60,
+        full="SimCLR on 8x8 digits for 300 epochs",
+        faster="section 4's `steps` (1,500): fewer steps, a lower 1%-label probe",
+        fuller="more `steps` in section 4, or lesson 06 for SimCLR on CIFAR-10",
+    ),
+    "01": LessonCost(
+        "Augmentations", 58,
+        full="ResNet-18 on 20,000 32-px shapes, 100 epochs per augmentation pipeline",
+        faster="`steps` (600) in section 4's settings",
+        fuller="more `steps`, or a 32-px `SIZE`",
+    ),
+    "02": LessonCost(
+        "Encoders and heads", 66,
+        full="ResNet-18 on CIFAR-10, 100 epochs per head",
+        faster="the training `budget` (200 steps) or fewer probe `seeds` (5)",
+        fuller="a larger `budget`",
+    ),
+    "03": LessonCost(
+        "NT-Xent and temperature", 93,
+        full="ResNet-18 on CIFAR-10, 100 epochs, one model per temperature",
+        faster="the sweep's `budget` (150 steps) or fewer `temperatures`",
+        fuller="a larger `budget` or more `temperatures`",
+    ),
+    "04": LessonCost(
+        "InfoNCE and negatives", 59,
+        full="ResNet-18 on CIFAR-10, 100 epochs per negative-weighting variant; the MI sweep for 4,000 steps",
+        faster="the MI sweep's `steps` (400) and the variants' `steps` (150)",
+        fuller="more `steps`, larger `batch_sizes`",
+    ),
+    "05": LessonCost(
+        "Triplet loss", 76,
+        full="ResNet-18 on CIFAR-10, 100 epochs per mining strategy",
+        faster="the `budget` (10 s of training per method) or fewer `methods`",
+        fuller="a larger `budget`",
+    ),
+    "06": LessonCost(
+        "SimCLR", 85,
+        full="the course's SimCLR recipe: ResNet-18 on CIFAR-10",
+        faster="the recipe's `epochs` (300) or the explorer's `n_points`",
+        fuller="more `epochs`; `clcourse train simclr` runs the same recipe from a terminal",
+    ),
+    "07": LessonCost(
+        "MoCo", 36,
+        full="MoCo on 16x16 digits, 200 epochs per run",
+        faster="`images_per_run` (6,400)",
+        fuller="a larger `images_per_run`",
+    ),
+    "11": LessonCost(
+        "Supervised contrastive", 41,
+        full="SupCon on 16x16 digits, 5,000 steps per run",
+        faster="`steps` (60)",
+        fuller="more `steps`",
+    ),
+}
+
+
+def lesson_cost(lesson: str) -> LessonCost:
+    """The cost entry of lesson ``lesson`` (its two-digit number, e.g. ``"03"``)."""
+    if lesson not in LESSON_COSTS:
+        raise KeyError(f"no cost entry for lesson {lesson!r}; known lessons: {', '.join(LESSON_COSTS)}")
+    return LESSON_COSTS[lesson]
+
+
+def cost_note(lesson: str, profile: Profile) -> str:
+    """Lines a lesson prints at its top: what it will cost here and how to make it faster or fuller.
+
+    Args:
+        lesson: the two-digit lesson number, e.g. ``"03"``.
+        profile: the profile the lesson runs at (:func:`clcourse.device.get_profile`).
+    """
+    cost = lesson_cost(lesson)
+    here = f"this machine: {describe_device(profile.device)}, {usable_cpus()} usable CPU cores"
+    if profile.quick:
+        minutes = f"about {cost.quick_seconds} s" if cost.quick_seconds < 120 else f"about {cost.quick_seconds / 60:.1f} min"
+        lines = [
+            f"Lesson {lesson} ({cost.title}), quick profile: {minutes} on {MEASURED_ON} ({here}; "
+            "a busy machine is slower, more cores faster).",
+            f"  faster: {cost.faster}.",
+            f"  fuller: {cost.fuller}; or CLCOURSE_PROFILE=full on a GPU ({cost.full}).",
+        ]
+    else:
+        lines = [
+            f"Lesson {lesson} ({cost.title}), full profile: {cost.full} ({here}). Not timed by the course "
+            f"(no GPU on its machines); the quick profile takes about {cost.quick_seconds} s on {MEASURED_ON}.",
+            f"  faster: CLCOURSE_PROFILE=quick, or {cost.faster}.",
+        ]
+    return "\n".join(lines)
