@@ -9,7 +9,6 @@ from clcourse.lessons.augmentations import (
     VARIANTS,
     images_per_second,
     instance_colors,
-    nearest_neighbours,
     probe_factors,
     sample_photos,
     train_and_probe,
@@ -109,10 +108,3 @@ def test_instance_colors_gives_every_image_its_own_colours_but_keeps_the_named_c
     torch.testing.assert_close(instance_colors(data, seed=0).images, instance_colors(data, seed=0).images)
     with pytest.raises(ValueError, match="fill_jitter"):
         instance_colors(data, fill_jitter=0.5)
-
-
-def test_nearest_neighbours_finds_the_most_similar_rows_and_skips_the_query():
-    features = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05]])
-    assert nearest_neighbours(features, torch.tensor([0, 2]), k=2).tolist() == [[4, 1], [3, 1]]
-    with pytest.raises(ValueError, match="k must be"):
-        nearest_neighbours(features, torch.tensor([0]), k=5)

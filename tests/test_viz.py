@@ -1,4 +1,4 @@
-"""Tests of clcourse.viz: plots, the embedding explorer's update methods, and umap_2d.
+"""Tests of clcourse.viz: plots, image grids and umap_2d (the embedding explorer: test_viz_explorer.py).
 
 Only test_umap_2d imports umap-learn; it costs ~25 s cold (import + numba compile).
 """
@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from matplotlib.offsetbox import AnnotationBbox  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
-from clcourse.viz import EmbeddingExplorer, embedding_explorer, plot_embedding, show_views, umap_2d  # noqa: E402
+from clcourse.viz import plot_embedding, show_views, umap_2d  # noqa: E402
 from clcourse.viz.plots import spread_out_points  # noqa: E402
 
 N = 40
@@ -159,97 +159,6 @@ def test_show_views_rejects_bad_input(data):
         show_views(data.images * 255, lambda x: x)
 
 
-# -- embedding explorer --------------------------------------------------------------------
-
-
-@pytest.fixture
-def explorer(data):
-    projections = {"epoch 0": data.xy, "epoch 5": data.xy * 3 + 1}
-    factors = {"color": torch.arange(N) % 2}
-    names = {"class": ["w", "x", "y", "z"], "color": ["red", "blue"]}
-    return embedding_explorer(projections, images=data.rgb, factors=factors, label_names=names, labels=data.labels)
-
-
-def test_explorer_starts_on_first_choices(explorer, data):
-    assert (explorer.state.color_by, explorer.state.projection, explorer.state.selected) == ("class", "epoch 0", 0)
-    np.testing.assert_allclose(explorer.last_xy, data.xy.numpy(), rtol=1e-6)
-    assert list(explorer.color_by_control.options) == ["class", "color"]
-    assert "class: 0 (w)" in explorer.info.value and "color: 0 (red)" in explorer.info.value
-
-
-def test_set_color_by_changes_point_colours(explorer):
-    by_class = explorer.last_colors.copy()
-    explorer.set_color_by("color")
-    assert explorer.state.color_by == "color"
-    # points 1 and 3: different classes, same colour factor
-    assert not np.allclose(by_class[1], by_class[3])
-    assert np.allclose(explorer.last_colors[1], explorer.last_colors[3])
-    assert explorer.color_by_control.value == "color"  # the control follows a change made in code
-
-
-def test_set_projection_changes_coordinates(explorer, data):
-    explorer.set_projection("epoch 5")
-    np.testing.assert_allclose(explorer.last_xy, data.xy.numpy() * 3 + 1, rtol=1e-5)
-    assert explorer.state.projection == "epoch 5"
-
-
-def test_select_point_shows_its_image(explorer, data):
-    explorer.select_point(7)
-    assert explorer.state.selected == 7
-    np.testing.assert_allclose(explorer.last_image, data.rgb[7].permute(1, 2, 0).numpy())
-    assert "point 7" in explorer.info.value
-    assert explorer.point_control.value == 7
-
-
-def test_bad_choices_raise_and_list_valid_ones(explorer):
-    with pytest.raises(ValueError, match=r"color_by must be one of \['class', 'color'\], got 'size'"):
-        explorer.set_color_by("size")
-    with pytest.raises(ValueError, match=r"projection must be one of \['epoch 0', 'epoch 5'\]"):
-        explorer.set_projection("epoch 9")
-    with pytest.raises(ValueError, match=r"index must be an int in \[0, 39\]"):
-        explorer.select_point(N)
-    assert explorer.state.selected == 0  # unchanged
-
-
-def test_widget_controls_call_the_update_methods(explorer, data):
-    assert explorer.widget.__class__.__name__ == "VBox"
-    explorer.color_by_control.value = "color"
-    explorer.projection_control.value = "epoch 5"
-    explorer.point_control.value = 3
-    assert (explorer.state.color_by, explorer.state.projection, explorer.state.selected) == ("color", "epoch 5", 3)
-    np.testing.assert_allclose(explorer.last_xy, data.xy.numpy() * 3 + 1, rtol=1e-5)
-
-
-def test_pick_selects_the_nearest_candidate(explorer, data):
-    target = 11
-    x, y = data.xy[target].tolist()
-    event = SimpleNamespace(artist=explorer._scatter, ind=[2, target, 30], mouseevent=SimpleNamespace(xdata=x, ydata=y))
-    explorer._on_pick(event)
-    assert explorer.state.selected == target
-
-
-def test_explorer_without_images_or_labels(data):
-    explorer = EmbeddingExplorer({"only": data.xy})
-    assert explorer.state.color_by == "none"
-    assert explorer.figure.axes[0].get_legend() is None
-    assert explorer.last_image is None
-    explorer.select_point(5)
-    assert explorer.state.selected == 5
-
-
-def test_explorer_rejects_bad_input(data):
-    with pytest.raises(ValueError, match="non-empty dict"):
-        EmbeddingExplorer({})
-    with pytest.raises(ValueError, match="same N"):
-        EmbeddingExplorer({"a": data.xy, "b": data.xy[:10]})
-    with pytest.raises(ValueError, match=r"'size' must have shape \[N\] = \[40\]"):
-        EmbeddingExplorer({"a": data.xy}, factors={"size": torch.zeros(3)})
-    with pytest.raises(ValueError, match="label_names has 2 names"):
-        EmbeddingExplorer({"a": data.xy}, labels=data.labels, label_names=["p", "q"])
-    with pytest.raises(ValueError, match="expected 40, got 10"):
-        EmbeddingExplorer({"a": data.xy}, images=data.images[:10])
-
-
 # -- umap_2d -------------------------------------------------------------------------------
 
 
@@ -302,18 +211,3 @@ def test_image_grid_titles_and_shape():
     assert len(fig.axes) == 12 and len(shown) == 10 and shown[3].get_title() == "3"
     with pytest.raises(ValueError, match="one string per image"):
         image_grid(torch.rand(2, 1, 8, 8), titles=["a"])
-
-
-def test_explore_embeddings_opens_what_clcourse_embed_wrote(tmp_path, monkeypatch):
-    from clcourse.viz import explorer as explorer_module
-
-    features = np.random.default_rng(0).normal(size=(12, 5)).astype(np.float32)
-    np.save(tmp_path / "run.npy", features)
-    np.save(tmp_path / "run.labels.npy", np.arange(12) % 3)
-    projected = []
-    monkeypatch.setattr("clcourse.viz.projection.umap_2d",
-                        lambda f, seed=0: projected.append(f) or np.asarray(f)[:, :2].copy())
-    explorer = explorer_module.explore_embeddings(tmp_path / "run.npy")
-    assert explorer.state.projection == "run" and explorer.state.color_by == "class"
-    np.testing.assert_array_equal(projected[0], features)
-    np.testing.assert_array_equal(explorer.last_xy, features[:, :2])

@@ -7,7 +7,7 @@ of the shapes data (:func:`clcourse.data.make_shapes`), what the encoder learned
 its colours; once every image has colours of its own (:func:`instance_colors`), colour alone
 tells a positive pair from the negatives and the encoder has no reason to learn the shape.
 Colour jitter and random grayscale take that shortcut away. :func:`train_and_probe` runs one
-variant; :func:`nearest_neighbours` shows what the features group together.
+variant; :func:`clcourse.viz.neighbours.nearest_neighbours` shows what the features group together.
 
 [1] Chen et al., A Simple Framework for Contrastive Learning of Visual Representations
     (SimCLR), ICML 2020.
@@ -39,7 +39,6 @@ __all__ = [
     "ShortcutResult",
     "train_and_probe",
     "images_per_second",
-    "nearest_neighbours",
 ]
 
 
@@ -320,16 +319,3 @@ def images_per_second(
             return done / elapsed
 
 
-def nearest_neighbours(features: Tensor, queries: Tensor, k: int = 6) -> Tensor:
-    """Indices [Q, k] of the ``k`` most cosine-similar rows of ``features`` [N, D] to each query.
-
-    ``queries`` are int64 indices [Q] into ``features``; a query never counts as its own neighbour.
-    """
-    if features.ndim != 2:
-        raise ValueError(f"features must be [N, D], got shape {list(features.shape)}")
-    if not 1 <= k < len(features):
-        raise ValueError(f"k must be in [1, {len(features) - 1}], got {k}")
-    unit = torch.nn.functional.normalize(features.float(), dim=1)
-    similarity = unit[queries] @ unit.T  # [Q, N]
-    similarity[torch.arange(len(queries)), queries] = -float("inf")
-    return similarity.topk(k, dim=1).indices

@@ -116,6 +116,26 @@ def _category_name(value: object, label_names: LabelNames | None) -> str:
     return str(label_names[int(value)])
 
 
+def marker_size(n: int) -> float:
+    """Scatter marker area (points^2) for ``n`` points: large when few, small enough that 10,000 do not merge."""
+    return float(np.clip(10000 / n, 4, 40))
+
+
+def category_legend(ax: Axes, entries: list[tuple[str, np.ndarray]], title: str | None = None) -> None:
+    """A legend of round markers, ``entries`` (name, rgba) as :class:`PointColors` lists them, right of ``ax``."""
+    handles = [Line2D([], [], marker="o", linestyle="", color=rgba, label=name) for name, rgba in entries]
+    ax.legend(
+        handles=handles,
+        title=title,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),  # outside the axes: a legend must not hide points
+        borderaxespad=0,
+        frameon=False,
+        fontsize="small",
+        ncols=1 if len(handles) <= 10 else 2,
+    )
+
+
 def plot_embedding(
     xy: torch.Tensor | np.ndarray,
     labels: torch.Tensor | np.ndarray | Sequence,
@@ -159,19 +179,9 @@ def plot_embedding(
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 5))
 
-    ax.scatter(xy[:, 0], xy[:, 1], c=colors.rgba, s=float(np.clip(10000 / n, 4, 40)), linewidths=0)
+    ax.scatter(xy[:, 0], xy[:, 1], c=colors.rgba, s=marker_size(n), linewidths=0)
     if colors.legend:
-        handles = [Line2D([], [], marker="o", linestyle="", color=rgba, label=name) for name, rgba in colors.legend]
-        ax.legend(
-            handles=handles,
-            title=legend_title,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),  # outside the axes: a legend must not hide points
-            borderaxespad=0,
-            frameon=False,
-            fontsize="small",
-            ncols=1 if len(handles) <= 10 else 2,
-        )
+        category_legend(ax, colors.legend, legend_title)
     else:
         ax.figure.colorbar(colors.scale, ax=ax, label=legend_title)
     if images is not None:
