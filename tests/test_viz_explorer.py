@@ -4,6 +4,8 @@ The canvas's mouse handling is driven with matplotlib MouseEvents at a point's p
 a browser's clicks; tests/test_browser.py clicks in a real browser.
 """
 
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import matplotlib
@@ -340,3 +342,16 @@ def test_explore_embeddings_opens_what_clcourse_embed_wrote(tmp_path, monkeypatc
     np.testing.assert_array_equal(projected[0], features)
     np.testing.assert_array_equal(explorer.last_xy, features[:, :2])
     np.testing.assert_array_equal(explorer.last_neighbours, nearest_neighbours(features, k=8).indices[0])
+
+
+def test_a_fresh_process_keeps_its_matplotlib_backend_through_import_and_explorer():
+    """Importing ipympl switches pyplot's backend; the explorer puts the notebook's back (figures stay inline)."""
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; import torch\n"
+        "from clcourse.viz import embedding_explorer\n"
+        "embedding_explorer({'a': torch.randn(20, 2)}, labels=torch.arange(20) % 3)\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "svg"

@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ipywidgets as widgets
+import matplotlib
 import matplotlib.image
 import numpy as np
 import torch
-from ipympl.backend_nbagg import Canvas, FigureManager
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize, to_hex, to_rgba
 from matplotlib.figure import Figure
@@ -55,6 +55,20 @@ PICK_RADIUS = 6  # display pixels: a click or hover this close to a point's cent
 RIGHT, WRONG, NEUTRAL = to_rgba("0.8"), to_rgba("tab:red"), to_rgba("0.55")
 PANEL_CLASS = "clcourse-neighbours"  # the panel's CSS class, which browser tests look for
 HOVER_HINT = "Hover over a point to name it; click it to see its image and its nearest neighbours."
+
+
+def _ipympl_classes() -> tuple[type, type]:
+    """ipympl's widget canvas and figure manager, imported without leaving pyplot on ipympl's backend.
+
+    Importing ipympl calls ``matplotlib.use`` on its backend when matplotlib is loaded; the explorer needs only
+    its canvas, and the notebook's other figures must stay with the notebook's backend (inline).
+    """
+    backend = matplotlib.get_backend()
+    from ipympl.backend_nbagg import Canvas, FigureManager
+
+    if matplotlib.get_backend() != backend:
+        matplotlib.use(backend)
+    return Canvas, FigureManager
 
 
 @dataclass(frozen=True)
@@ -294,6 +308,7 @@ class EmbeddingExplorer:
     def _build_figure(self) -> None:
         # An ipympl canvas of our own, outside pyplot: the notebook's backend (inline) stays as it is.
         self.figure = Figure(figsize=(5.8, 4.2), dpi=100)  # 580 x 420 pixels: with the panel, a laptop's notebook width
+        Canvas, FigureManager = _ipympl_classes()
         canvas = Canvas(self.figure)
         FigureManager(canvas, 0)  # routes the browser's mouse messages to the canvas
         canvas.header_visible = canvas.footer_visible = canvas.resizable = False  # no "Figure 0", no x/y readout
