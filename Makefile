@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (sha256sum pyproject.toml 2>/dev/null || shasum -a 256 pyproject.toml) | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: lab test setup unit notebooks exercises bench doctor clean
+.PHONY: lab test setup unit notebooks exercises bench book doctor clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+book: $(STAMP)
+	@$(PY) -c "import jupyter_book" 2>/dev/null || $(PY) -m pip install --quiet -e '.[book]'
+	$(PY) -m book.build --out build/book $(if $(EXECUTED),--executed '$(EXECUTED)') $(BOOK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
