@@ -2,8 +2,8 @@
 
 Every lesson prints :func:`cost_note` at its top, so a learner knows before running it how long it takes on a
 machine like theirs. The seconds are measured, not estimated: each lesson executed alone in a fresh kernel on
-2 idle CPU cores in the quick profile (``python benchmarks/time_lessons.py``, which prints the table that
-``benchmarks/README.md`` keeps; a test checks that the two agree). The full profile has not been timed: this
+2 idle CPU cores in the quick profile (the lesson times ``make test`` prints from a fresh clone, or
+``python benchmarks/time_lessons.py``; ``benchmarks/README.md`` keeps the table and a test checks that the two agree). The full profile has not been timed: this
 project's machines have no GPU, so its note names the regime instead of promising a time.
 """
 
@@ -38,55 +38,55 @@ class LessonCost:
 
 LESSON_COSTS: dict[str, LessonCost] = {
     "00": LessonCost(
-        "Welcome", 60,
+        "Welcome", 55,
         full="SimCLR on 8x8 digits for 300 epochs",
         faster="section 4's `steps` (1,500): fewer steps, a lower 1%-label probe",
         fuller="more `steps` in section 4, or lesson 06 for SimCLR on CIFAR-10",
     ),
     "01": LessonCost(
-        "Augmentations", 58,
+        "Augmentations", 52,
         full="ResNet-18 on 20,000 32-px shapes, 100 epochs per augmentation pipeline",
         faster="`steps` (600) in section 4's settings",
         fuller="more `steps`, or a 32-px `SIZE`",
     ),
     "02": LessonCost(
-        "Encoders and heads", 66,
+        "Encoders and heads", 71,
         full="ResNet-18 on CIFAR-10, 100 epochs per head",
         faster="the training `budget` (200 steps) or fewer probe `seeds` (5)",
         fuller="a larger `budget`",
     ),
     "03": LessonCost(
-        "NT-Xent and temperature", 93,
+        "NT-Xent and temperature", 80,
         full="ResNet-18 on CIFAR-10, 100 epochs, one model per temperature",
         faster="the sweep's `budget` (150 steps) or fewer `temperatures`",
         fuller="a larger `budget` or more `temperatures`",
     ),
     "04": LessonCost(
-        "InfoNCE and negatives", 59,
+        "InfoNCE and negatives", 44,
         full="ResNet-18 on CIFAR-10, 100 epochs per negative-weighting variant; the MI sweep for 4,000 steps",
         faster="the MI sweep's `steps` (400) and the variants' `steps` (150)",
         fuller="more `steps`, larger `batch_sizes`",
     ),
     "05": LessonCost(
-        "Triplet loss", 76,
+        "Triplet loss", 68,
         full="ResNet-18 on CIFAR-10, 100 epochs per mining strategy",
         faster="the `budget` (10 s of training per method) or fewer `methods`",
         fuller="a larger `budget`",
     ),
     "06": LessonCost(
-        "SimCLR", 85,
+        "SimCLR", 72,
         full="the course's SimCLR recipe: ResNet-18 on CIFAR-10",
         faster="the recipe's `epochs` (300) or the explorer's `n_points`",
         fuller="more `epochs`; `clcourse train simclr` runs the same recipe from a terminal",
     ),
     "07": LessonCost(
-        "MoCo", 36,
+        "MoCo", 26,
         full="MoCo on 16x16 digits, 200 epochs per run",
         faster="`images_per_run` (6,400)",
         fuller="a larger `images_per_run`",
     ),
     "11": LessonCost(
-        "Supervised contrastive", 41,
+        "Supervised contrastive", 32,
         full="SupCon on 16x16 digits, 5,000 steps per run",
         faster="`steps` (60)",
         fuller="more `steps`",
