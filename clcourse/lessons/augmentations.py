@@ -1,6 +1,6 @@
 """Lesson 01 helpers: sample photographs, the shortcut experiment, a throughput measurement.
 
-The shortcut experiment [1, Sec. 3.2, Figs. 5-6] trains the same SimCLR model with different
+The shortcut experiment [1, Sec. 3.1, Figs. 5-6] trains the same SimCLR model with different
 augmentations (:func:`variant_augment`) and asks, with one linear probe per generative factor
 of the shapes data (:func:`clcourse.data.make_shapes`), what the encoder learned: the shape
 (what we want) or the colour (a shortcut). With random crops only, two views of an image share
