@@ -51,7 +51,7 @@ def test_enqueue_reference_is_the_methods_enqueue():
         queue, ptr, keys = case.fresh()[0]
         model.queue = queue.clone()
         model.queue_ptr = torch.as_tensor(ptr).clone()
-        model._enqueue(keys)
+        model.enqueue(keys)
         new_queue, new_ptr = _enqueue_reference(*case.fresh()[0])
         assert torch.equal(model.queue, new_queue) and new_queue.dtype == queue.dtype, case.name
         assert int(model.queue_ptr) == new_ptr and isinstance(new_ptr, int), case.name

@@ -111,17 +111,18 @@ def cost_note(lesson: str, profile: Profile) -> str:
     cost = lesson_cost(lesson)
     here = f"this machine: {describe_device(profile.device)}, {usable_cpus()} usable CPU cores"
     if profile.quick:
-        minutes = f"about {cost.quick_seconds} s" if cost.quick_seconds < 120 else f"about {cost.quick_seconds / 60:.1f} min"
+        seconds = cost.quick_seconds
+        duration = f"about {seconds} s" if seconds < 120 else f"about {seconds / 60:.1f} min"
         lines = [
-            f"Lesson {lesson} ({cost.title}), quick profile: {minutes} on {MEASURED_ON} ({here}; "
-            "a busy machine is slower, more cores faster).",
+            (f"Lesson {lesson} ({cost.title}), quick profile: {duration} on {MEASURED_ON} ({here}; "
+             "a busy machine is slower, more cores faster)."),
             f"  faster: {cost.faster}.",
             f"  fuller: {cost.fuller}; or CLCOURSE_PROFILE=full on a GPU ({cost.full}).",
         ]
     else:
         lines = [
-            f"Lesson {lesson} ({cost.title}), full profile: {cost.full} ({here}). Not timed by the course "
-            f"(no GPU on its machines); the quick profile takes about {cost.quick_seconds} s on {MEASURED_ON}.",
+            (f"Lesson {lesson} ({cost.title}), full profile: {cost.full} ({here}). Not timed by the course "
+             f"(no GPU on its machines); the quick profile takes about {cost.quick_seconds} s on {MEASURED_ON}."),
             f"  faster: CLCOURSE_PROFILE=quick, or {cost.faster}.",
         ]
     return "\n".join(lines)

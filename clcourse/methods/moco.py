@@ -29,8 +29,7 @@ authors does with its "SplitBatchNorm": both encoders run on G sub-batches,
 the queries in their original order and the keys after a random permutation
 (undone afterwards).  Running the networks on sub-batches rather than
 swapping their BN layers works for any encoder.  ``shuffle_bn_groups=1``
-switches the guard off (one batch, the leak is back: an experiment of
-lesson 07).
+switches the guard off (one batch: the leak is back).
 
 [1] He et al., Momentum Contrast for Unsupervised Visual Representation
     Learning (MoCo), CVPR 2020.
@@ -175,8 +174,8 @@ class MoCo(Method):
         return F.normalize(self._in_groups(lambda v: self.key_projector(self.key_encoder(v)), x, shuffle=True), dim=1)
 
     @torch.no_grad()
-    def _enqueue(self, keys: torch.Tensor) -> None:
-        """Overwrite the oldest len(keys) rows of the queue, wrapping around its end."""
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write keys [B, D] over the oldest B rows of the queue [K, D], wrapping around its end; advance the pointer."""
         rows = (self.queue_ptr + torch.arange(keys.shape[0], device=self.queue.device)) % self.queue.shape[0]
         self.queue[rows] = keys.to(self.queue.dtype)
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
@@ -205,5 +204,5 @@ class MoCo(Method):
             k_sym = self.keys(x_q)
             loss = (loss + info_nce(self.queries(x_k), k_sym, negatives, self.temperature)) / 2
             k = torch.cat([k, k_sym])
-        self._enqueue(all_gather_cat(k) if self.gather_distributed else k)
+        self.enqueue(all_gather_cat(k) if self.gather_distributed else k)
         return loss

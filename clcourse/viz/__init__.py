@@ -3,7 +3,12 @@
 ``umap_2d`` imports umap-learn only when called (the import costs ~14 s cold).
 """
 
-from .explorer import EmbeddingExplorer, ExplorerState, embedding_explorer, explore_embeddings
+from .explorer import (
+    EmbeddingExplorer,
+    ExplorerState,
+    embedding_explorer,
+    explore_embeddings,
+)
 from .plots import image_grid, plot_embedding, show_views
 from .projection import umap_2d
 
