@@ -31,6 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from test_browser import (  # Debian's Chromium and its flags, shared with that test
+    CHROMIUM,
+    CHROMIUM_ARGS,
+)
+
 from book.build import (
     WIDGET_STATE,
     WIDGET_VIEW,
@@ -45,17 +50,6 @@ from book.build import (
     static_widgets,
 )
 
-# As in tests/test_browser.py: Debian's Chromium, quiet and working as root on a closed network.
-CHROMIUM = Path(os.environ.get("CLCOURSE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 EQUATION = r"\mathcal{L} = -\log \frac{e^{s/\tau}}{\sum_k e^{s_k/\tau}}"
 EXERCISE = "03_ntxent.ipynb"
 
