@@ -201,6 +201,19 @@ def test_shuffle_bn_normalises_each_group_with_its_own_statistics_in_train_mode(
         assert torch.allclose(queries[part], F.normalize(model.projector(model.encoder(x[part])), dim=1), atol=1e-5)
 
 
+def test_without_the_shuffle_each_key_is_normalised_in_its_querys_group():
+    groups, n = 3, 12
+    model = make_model(cnn(), shuffle_bn_groups=groups, shuffle_keys=False)
+    model.train()
+    x = images(n)
+    with torch.no_grad():
+        expected = torch.cat([plain_keys(model, x[part]) for part in torch.arange(n).tensor_split(groups)])
+    assert torch.allclose(model.keys(x), expected, atol=1e-5)
+    shuffled = make_model(cnn(), shuffle_bn_groups=groups)
+    shuffled.train()
+    assert not torch.allclose(shuffled.keys(x), expected, atol=1e-3)
+
+
 def test_one_group_is_plain_batch_norm():
     model = make_model(cnn(), shuffle_bn_groups=1)
     model.train()

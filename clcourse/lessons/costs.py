@@ -80,10 +80,10 @@ LESSON_COSTS: dict[str, LessonCost] = {
         fuller="more `epochs`; `clcourse train simclr` runs the same recipe from a terminal",
     ),
     "07": LessonCost(
-        "MoCo", 26,
-        full="MoCo on 16x16 digits, 200 epochs per run",
-        faster="`images_per_run` (6,400)",
-        fuller="a larger `images_per_run`",
+        "MoCo", 80,
+        full="MoCo on 8x8 digits, 3,000 steps per run; `clcourse train moco` for CIFAR-10",
+        faster="`steps` (300) or fewer `seeds` (3): a noisier table",
+        fuller="more `steps`",
     ),
     "11": LessonCost(
         "Supervised contrastive", 32,

@@ -28,8 +28,10 @@ In one process we simulate G GPUs, as the single-GPU CIFAR-10 demo of [1]'s
 authors does with its "SplitBatchNorm": both encoders run on G sub-batches,
 the queries in their original order and the keys after a random permutation
 (undone afterwards).  Running the networks on sub-batches rather than
-swapping their BN layers works for any encoder.  ``shuffle_bn_groups=1``
-switches the guard off (one batch: the leak is back).
+swapping their BN layers works for any encoder.  ``shuffle_keys=False`` keeps
+the G groups but not the shuffle (each key normalised in its query's group),
+[1]'s "no shuffle" ablation (Fig. 3), and ``shuffle_bn_groups=1`` normalises
+the whole batch at once: both let the leak back in.
 
 [1] He et al., Momentum Contrast for Unsupervised Visual Representation
     Learning (MoCo), CVPR 2020.
@@ -69,6 +71,9 @@ class MoCo(Method):
         temperature: t > 0 of InfoNCE (0.2 in [2], 0.07 in [1]).
         shuffle_bn_groups: G >= 1, the number of simulated GPUs of shuffle-BN (see
             the module docstring); every batch needs at least 2 images per group.
+        shuffle_keys: shuffle the keys across the G groups (True, MoCo's shuffle-BN);
+            False normalises each key in the same group as its query, the leaking
+            ablation of [1], Fig. 3.
         symmetric: also use x_k as query and x_q as key, average the two losses and
             enqueue both sets of keys (the "symmetric" option of the CIFAR-10 demo of
             [1]; off in MoCo v2). Averaged rather than summed so that the loss value
@@ -109,6 +114,7 @@ class MoCo(Method):
         momentum: float = 0.99,
         temperature: float = 0.2,
         shuffle_bn_groups: int = 4,
+        shuffle_keys: bool = True,
         symmetric: bool = False,
         generator: torch.Generator | None = None,
         gather_distributed: bool = False,
@@ -126,6 +132,7 @@ class MoCo(Method):
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum = momentum
         self.shuffle_bn_groups = shuffle_bn_groups
+        self.shuffle_keys = shuffle_keys
         self.symmetric = symmetric
         self.generator = generator
         # Random unit vectors, as in [1]'s code: the first K / B steps contrast against noise.
@@ -170,8 +177,9 @@ class MoCo(Method):
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        """L2-normalised keys: [B, C, H, W] -> [B, D], shuffled into G BN groups, no gradient."""
-        return F.normalize(self._in_groups(lambda v: self.key_projector(self.key_encoder(v)), x, shuffle=True), dim=1)
+        """L2-normalised keys: [B, C, H, W] -> [B, D], shuffled into G BN groups (unless not ``shuffle_keys``), no gradient."""
+        key_net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
+        return F.normalize(self._in_groups(key_net, x, shuffle=self.shuffle_keys), dim=1)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
