@@ -7,16 +7,14 @@ import torch
 
 from clcourse.encoders import SmallCNN
 from clcourse.grading import evaluate, tasks
-from clcourse.grading.lesson07_moco import (
-    _enqueue_cases, _enqueue_reference, _momentum_cases, _momentum_reference,
-)
+from clcourse.grading.lesson07_moco import _key_age_cases, _key_age_reference, _momentum_cases, _momentum_reference
 from clcourse.methods import MoCo
 
 from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
 
 def test_lesson_07_has_two_tasks():
-    assert [t.id for t in tasks(7)] == ["07.momentum_update", "07.enqueue"]
+    assert [t.id for t in tasks(7)] == ["07.momentum_update", "07.key_age"]
 
 
 def _moco(momentum=0.9):
@@ -45,17 +43,23 @@ def test_momentum_reference_is_the_methods_update():
         assert any(not torch.equal(a, b) for a, b in zip(query.state_dict().values(), key.state_dict().values()))
 
 
-def test_enqueue_reference_is_the_methods_enqueue():
-    model = _moco()
-    for case in _enqueue_cases():
-        queue, ptr, keys = case.fresh()[0]
-        model.queue = queue.clone()
-        model.queue_ptr = torch.as_tensor(ptr).clone()
-        model.enqueue(keys)
-        new_queue, new_ptr = _enqueue_reference(*case.fresh()[0])
-        assert torch.equal(model.queue, new_queue) and new_queue.dtype == queue.dtype, case.name
-        assert int(model.queue_ptr) == new_ptr and isinstance(new_ptr, int), case.name
-        assert not torch.equal(new_queue, queue)
+def simulated_key_age(queue_size, batch_size, momentum, steps=20_000):
+    """Run MoCo's bookkeeping on ages instead of weights: each network is a distribution over query-encoder steps."""
+    key_encoder = torch.zeros(steps, dtype=torch.float64)
+    queue = []  # per enqueued batch: the age distribution of the key encoder that made it
+    for t in range(steps):
+        fresh = torch.zeros(steps, dtype=torch.float64)
+        fresh[t] = 1.0
+        key_encoder = momentum * key_encoder + (1 - momentum) * fresh if t else fresh
+        if t == steps - 1:
+            ages = t - torch.arange(steps, dtype=torch.float64)
+            return sum(float((weights * ages).sum()) for weights in queue) / len(queue)
+        queue = (queue + [key_encoder.clone()])[-(queue_size // batch_size):]
+
+
+@pytest.mark.parametrize("case", _key_age_cases()[:4], ids=lambda case: case.name)
+def test_key_age_reference_is_the_simulated_bookkeeping(case):
+    assert simulated_key_age(*case.args) == pytest.approx(_key_age_reference(*case.args), rel=1e-6)
 
 
 # --- solutions a learner might write ---------------------------------------------------------
@@ -78,23 +82,20 @@ def momentum_state_dict_solution(key_net, query_net, m):
             k.copy_(q)
 
 
-def enqueue_solution(queue, ptr, keys):
-    rows = (ptr + torch.arange(len(keys))) % len(queue)
-    new_queue = queue.clone()
-    new_queue[rows] = keys.detach().to(queue.dtype)
-    return new_queue, (ptr + len(keys)) % len(queue)
+def key_age_solution(queue_size, batch_size, momentum):
+    return (queue_size / batch_size + 1) / 2 + momentum / (1 - momentum)
 
 
-def enqueue_index_copy_solution(queue, ptr, keys):
-    """Out-of-place index_copy, a Python-int pointer."""
-    k, b = queue.shape[0], keys.shape[0]
-    rows = (int(ptr) + torch.arange(b)) % k
-    return queue.index_copy(0, rows, keys.detach().to(queue.dtype)), (int(ptr) + b) % k
+def key_age_by_summing(queue_size, batch_size, momentum):
+    """The two means written as the sums they are (truncated far out), as a learner might check them."""
+    lag = sum(s * (1 - momentum) * momentum**s for s in range(200_000))
+    batches = queue_size // batch_size
+    return sum(j + lag for j in range(1, batches + 1)) / batches
 
 
 @pytest.mark.parametrize("task_id, answer", [
     ("07.momentum_update", momentum_solution), ("07.momentum_update", momentum_state_dict_solution),
-    ("07.enqueue", enqueue_solution), ("07.enqueue", enqueue_index_copy_solution),
+    ("07.key_age", key_age_solution), ("07.key_age", key_age_by_summing),
 ])
 def test_correct_answers_pass(task_id, answer):
     result = evaluate(task_id, answer)
@@ -131,33 +132,6 @@ def new_key_network(key_net, query_net, m):
     return new
 
 
-def enqueue(queue, ptr, keys, *, rows=lambda p, b, k: (p + torch.arange(b)) % k, new_ptr=lambda p, b, k: (p + b) % k,
-            detach=True, cast=True, in_place=False, layout="ring"):
-    k, b = queue.shape[0], keys.shape[0]
-    keys = keys.detach() if detach else keys
-    keys = keys.to(queue.dtype) if cast else keys
-    if layout == "front":
-        return torch.cat([keys, queue[:k - b]]), new_ptr(ptr, b, k)
-    if layout == "back":
-        return torch.cat([queue[b:], keys]), new_ptr(ptr, b, k)
-    new = queue if in_place else queue.clone()
-    new[rows(ptr, b, k)] = keys
-    return new, new_ptr(ptr, b, k)
-
-
-def enqueue_in_place_like_lesson_04(queue, ptr, keys):
-    rows = (ptr + torch.arange(len(keys))) % len(queue)
-    queue[rows] = keys.detach().to(queue.dtype)
-    return (ptr + len(keys)) % len(queue)
-
-
-def enqueue_advancing_ptr_in_place(queue, ptr, keys):
-    new, _ = enqueue(queue, ptr, keys)
-    ptr += len(keys)
-    ptr %= len(queue)
-    return new, ptr
-
-
 WRONG = {
     "07.momentum_update": [
         (lambda k, q, m: momentum(k, q, m, w=lambda m: m), "m and 1 - m are swapped"),
@@ -172,22 +146,15 @@ WRONG = {
         (lambda key_net, query_net, m: momentum(query_net, key_net, m), "argument order"),
         (lambda k, q, m: momentum(k, q, m, no_grad=False), "torch.no_grad()"),
     ],
-    "07.enqueue": [
-        (lambda q, p, k: enqueue(q, p, k, new_ptr=lambda p, b, K: p + b), "does not wrap around"),
-        (lambda q, p, k: enqueue(q, p, k, new_ptr=lambda p, b, K: p), "pointer was not advanced"),
-        (lambda q, p, k: enqueue(q, p, k, rows=lambda p, b, K: torch.arange(b)), "written at row 0"),
-        (lambda q, p, k: enqueue(q, p, k, rows=lambda p, b, K: (p + b + torch.arange(b)) % K),
-         "advanced before writing"),
-        (lambda q, p, k: enqueue(q, p, k, rows=lambda p, b, K: (p - b + torch.arange(b)) % K), "newest keys"),
-        (lambda q, p, k: enqueue(q, p, k, rows=lambda p, b, K: slice(p, p + b)), "wrap around"),
-        (lambda q, p, k: enqueue(q, p, k, layout="front"), "new keys in front"),
-        (lambda q, p, k: enqueue(q, p, k, layout="back"), "appended at the end"),
-        (lambda q, p, k: enqueue(q, p, k, detach=False), "keys.detach()"),
-        (lambda q, p, k: enqueue(q, p, k, cast=False), "keys.to(queue.dtype)"),
-        (lambda q, p, k: enqueue(q, p, k, in_place=True), "queue.clone()"),
-        (enqueue_in_place_like_lesson_04, "queue.clone()"),
-        (enqueue_advancing_ptr_in_place, "ptr += B"),
-        (lambda q, p, k: enqueue(q, p, k)[0], "expected a tuple of 2 items"),
+    "07.key_age": [
+        (lambda k, b, m: (k // b + 1) / 2, "Only the queue's age"),
+        (lambda k, b, m: m / (1 - m), "Only the key encoder's lag"),
+        (lambda k, b, m: (k // b + 1) / 2 + 1 / (1 - m), "length of the averaging window"),
+        (lambda k, b, m: k / (2 * b) + m / (1 - m), "off by a half step"),
+        (lambda k, b, m: (k + 1) / 2 + m / (1 - m), "counted in keys, not steps"),
+        (lambda k, b, m: k / b + m / (1 - m), "oldest negative"),
+        (lambda k, b, m: (k / b - 1) / 2 + m / (1 - m), "current step's keys were counted"),
+        (lambda k, b, m: (k // b + 1) / 2 + m / (1 - m) ** 2, "exponential moving average"),
     ],
 }
 

@@ -194,12 +194,14 @@ def _tensor_difference(got: Any, expected: torch.Tensor, rtol: float, atol: floa
 
 def diagnose(got_by_case: Sequence[Any], mistakes: Sequence[Mistake], cases: Sequence[Case],
              failing: int, run: Callable[[Callable, Case], Any],
-             compare: Callable[[Any, Any], str | None] = first_difference) -> str:
+             compare: Callable[[Any, Any], str | None] = first_difference, *, every_case: bool = False) -> str:
     """The hint of the mistake whose outputs the answer reproduces, or ``""``.
 
     The mistake must match the answer on the failing case; among those, the
     one matching on most other cases wins (edge cases often coincide for
-    several mistakes).  ``got_by_case[i]`` is :data:`RAISED` where the answer raised.
+    several mistakes).  With ``every_case``, it must match wherever the answer
+    ran: for answers that are single numbers, which coincide by chance.
+    ``got_by_case[i]`` is :data:`RAISED` where the answer raised.
     """
     best, best_score = "", 0
     for mistake in mistakes:
@@ -213,7 +215,7 @@ def diagnose(got_by_case: Sequence[Any], mistakes: Sequence[Mistake], cases: Seq
                 wrong = RAISED
             if wrong is not RAISED and compare(got, wrong) is None:
                 score += 1
-            elif i == failing:
+            elif i == failing or every_case:
                 score = -1
                 break
         if score > best_score:
@@ -233,7 +235,8 @@ def compare_with_reference(answer: Callable, cases: Sequence[Case], reference: C
                            error_hints: Sequence[tuple[str, str]] = (),
                            properties: Sequence[Callable[[Any, tuple, Case], tuple[str, str] | None]] = (),
                            compare: Callable[[Any, Any], str | None] = first_difference,
-                           show: Callable[[Any], str] = describe) -> None:
+                           show: Callable[[Any], str] = describe,
+                           hint_needs_every_case: bool = False) -> None:
     """The common check: on every case the answer must return what ``reference`` returns.
 
     Args:
@@ -247,6 +250,8 @@ def compare_with_reference(answer: Callable, cases: Sequence[Case], reference: C
             or None`` run on matching outputs (e.g. the loss must keep its gradient).
         compare: ``(got, expected) -> difference or None``; default :func:`first_difference`.
         show: describes an output for the learner; default :func:`describe`.
+        hint_needs_every_case: name a mistake only when it matches the answer on every case (see
+            :func:`diagnose`).
 
     Raises:
         NotAttempted, Failure: see :func:`call_answer`; Failure also on a mismatch,
@@ -268,7 +273,8 @@ def compare_with_reference(answer: Callable, cases: Sequence[Case], reference: C
             continue
         for later in cases[i + 1:]:
             got_by_case.append(try_run(answer, later))
-        hint = diagnose(got_by_case, mistakes, cases, i, call_plain, compare) or generic_hint
+        hint = diagnose(got_by_case, mistakes, cases, i, call_plain, compare,
+                        every_case=hint_needs_every_case) or generic_hint
         raise Failure(case.name, diff, expected=show(expected), received=show(got), hint=hint)
 
 

@@ -1,4 +1,4 @@
-"""Lesson 07 tasks: MoCo's momentum update of the key encoder, and its FIFO queue as a pure function.
+"""Lesson 07 tasks: MoCo's momentum update of the key encoder, and a derivation of how old its negatives are.
 
 [1] He et al., Momentum Contrast for Unsupervised Visual Representation Learning (MoCo), CVPR 2020.
 """
@@ -12,7 +12,15 @@ from torch import nn
 
 from clcourse.encoders import SmallCNN
 from clcourse.grading.harness import (
-    Case, Failure, Mistake, call_answer, compare_with_reference, describe, diagnose, first_difference, try_run,
+    Case,
+    Failure,
+    Mistake,
+    call_answer,
+    compare_with_reference,
+    describe,
+    diagnose,
+    first_difference,
+    try_run,
 )
 from clcourse.grading.registry import task
 
@@ -192,126 +200,71 @@ def check_momentum_update(answer) -> None:
         _updated_in_place(key_before, key, case)
 
 
-# --- 07.enqueue ------------------------------------------------------------------------------
+# --- 07.key_age ------------------------------------------------------------------------------
 
 
-def _enqueue_reference(queue: torch.Tensor, ptr, keys: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """What clcourse.methods.MoCo._enqueue does to its queue and queue_ptr buffers [1], as a pure function.
+def _key_age_reference(queue_size: int, batch_size: int, momentum: float) -> float:
+    """Mean age, in optimiser steps, of the query-encoder weights behind the negatives of one step [1].
 
-    Shapes: queue [K, D], ptr int or 0-d int64 tensor (the oldest row), keys [B, D] with B <= K;
-    returns (a new queue [K, D] in the queue's dtype, rows (ptr + arange(B)) % K replaced by the
-    detached keys, and the new pointer (ptr + B) % K as an int). The inputs are left unchanged.
+    Long after the start, the key encoder of step t is theta_k(t) = sum_s (1 - m) m^s theta_q(t - s): its
+    weights are on average m / (1 - m) steps old. The queue holds the keys of steps t - 1 ... t - K/B (the
+    current step's keys are the positives), so its keys add on average (K/B + 1) / 2 steps.
     """
-    k, b = queue.shape[0], keys.shape[0]
-    rows = (ptr + torch.arange(b)) % k
-    new = queue.clone()
-    new[rows] = keys.detach().to(queue.dtype)
-    return new, int((ptr + b) % k)
+    return (queue_size // batch_size + 1) / 2 + momentum / (1 - momentum)
 
 
-def _enqueue_variant(queue, ptr, keys, *, start=None, new_ptr=None, layout="ring"):
-    k, b = queue.shape[0], keys.shape[0]
-    keys = keys.detach().to(queue.dtype)
-    if layout == "front":
-        new = torch.cat([keys, queue[:k - b]])
-    elif layout == "back":
-        new = torch.cat([queue[b:], keys])
-    else:
-        first = ptr if start is None else start(ptr, b)
-        new = queue.clone()
-        new[(first + torch.arange(b)) % k] = keys
-    return new, int((ptr + b) % k if new_ptr is None else new_ptr(ptr, b, k))
+def _key_age_variant(k, b, m, *, queue="mean", lag="ema"):
+    queue_part = {"mean": (k // b + 1) / 2, "none": 0.0, "half": k / (2 * b), "keys": (k + 1) / 2,
+                  "oldest": k // b, "with_current": (k // b - 1) / 2}[queue]
+    lag_part = {"ema": m / (1 - m), "none": 0.0, "window": 1 / (1 - m)}[lag]
+    return queue_part + lag_part
 
 
-_ENQUEUE_MISTAKES = [
-    Mistake("The returned pointer does not wrap around: return (ptr + B) % K, the next row to overwrite.",
-            lambda q, p, k: _enqueue_variant(q, p, k, new_ptr=lambda p, b, K: p + b)),
-    Mistake("The pointer was not advanced: return (ptr + B) % K, so that the next batch overwrites the "
-            "oldest keys instead of the ones just written.",
-            lambda q, p, k: _enqueue_variant(q, p, k, new_ptr=lambda p, b, K: p)),
-    Mistake("The keys were written at row 0 instead of at row ptr: the queue must replace its oldest entries, "
-            "rows ptr, ptr + 1, ... (modulo K).",
-            lambda q, p, k: _enqueue_variant(q, p, k, start=lambda p, b: 0)),
-    Mistake("The pointer was advanced before writing: the keys landed at rows ptr + B, ... and the oldest rows "
-            "(ptr, ...) survived. Write at ptr first, then return (ptr + B) % K.",
-            lambda q, p, k: _enqueue_variant(q, p, k, start=lambda p, b: p + b)),
-    Mistake("The keys overwrote the B rows just before ptr: those are the newest keys (the previous batch). "
-            "ptr points at the oldest row; write the keys at rows ptr, ptr + 1, ... (modulo K).",
-            lambda q, p, k: _enqueue_variant(q, p, k, start=lambda p, b: p - b)),
-    Mistake("The queue was shifted (new keys in front, the last rows dropped): MoCo's queue is a ring buffer, "
-            "rows stay where they are and the keys overwrite rows ptr, ..., ptr + B - 1 (modulo K).",
-            lambda q, p, k: _enqueue_variant(q, p, k, layout="front")),
-    Mistake("The queue was shifted (first rows dropped, new keys appended at the end): MoCo's queue is a ring "
-            "buffer, rows stay where they are and the keys overwrite rows ptr, ..., ptr + B - 1 (modulo K).",
-            lambda q, p, k: _enqueue_variant(q, p, k, layout="back")),
+_KEY_AGE_MISTAKES = [
+    Mistake("Only the queue's age: the key encoder itself lags the query encoder. theta_k(t) = sum over s of "
+            "(1 - m) m^s theta_q(t - s), whose mean age is sum s (1 - m) m^s = m / (1 - m) steps; add it.",
+            lambda k, b, m: _key_age_variant(k, b, m, lag="none")),
+    Mistake("Only the key encoder's lag: the negatives are keys from earlier steps too. The queue holds the keys "
+            "of steps t - 1, ..., t - K/B, on average (K/B + 1) / 2 steps old; add it.",
+            lambda k, b, m: _key_age_variant(k, b, m, queue="none")),
+    Mistake("1 / (1 - m) is the length of the averaging window, not the mean age of the average: the newest "
+            "weights (age 0) carry the largest weight 1 - m, so the mean age is sum s (1 - m) m^s = m / (1 - m) "
+            "(0 when m = 0: the key encoder is the query encoder).",
+            lambda k, b, m: _key_age_variant(k, b, m, lag="window")),
+    Mistake("The queue's mean age is off by a half step: its newest keys are 1 step old (written at the end of "
+            "the previous step), its oldest K/B steps, so the mean is (K/B + 1) / 2, not K / (2B).",
+            lambda k, b, m: _key_age_variant(k, b, m, queue="half")),
+    Mistake("The age was counted in keys, not steps: the queue advances by B keys per step, so it holds the keys "
+            "of the last K / B steps.",
+            lambda k, b, m: _key_age_variant(k, b, m, queue="keys")),
+    Mistake("That is the age of the oldest negative, K / B steps; the task asks for the mean over the queue, "
+            "(K/B + 1) / 2.",
+            lambda k, b, m: _key_age_variant(k, b, m, queue="oldest")),
+    Mistake("The current step's keys were counted as negatives (age 0): they are the positives, and they enter "
+            "the queue only after the loss. The negatives are the keys of steps t - 1 ... t - K/B.",
+            lambda k, b, m: _key_age_variant(k, b, m, queue="with_current")),
 ]
 
 
-def _enqueue_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(71)
-
-    def unit(n, d=3, dtype=torch.float32):
-        x = torch.randn(n, d, generator=g)
-        return (x / x.norm(dim=1, keepdim=True)).to(dtype)
-
-    def ptr(i):
-        return torch.tensor(i)  # MoCo's queue_ptr buffer: a 0-d int64 tensor
-
+def _key_age_cases() -> list[Case]:
     return [
-        Case("queue K=8, D=3, ptr=tensor(0), B=2 keys", (unit(8), ptr(0), unit(2))),
-        Case("K=8, ptr=tensor(4), B=4 keys (the batch ends exactly at the end of the queue)",
-             (unit(8), ptr(4), unit(4))),
-        Case("K=8, ptr=6 (a Python int), B=4 keys (the batch wraps around to the start)", (unit(8), 6, unit(4))),
-        Case("K=10, ptr=tensor(9), B=3 keys (B does not divide K)", (unit(10), ptr(9), unit(3))),
-        Case("K=5, ptr=tensor(3), B=5 keys (the whole queue is replaced)", (unit(5), ptr(3), unit(5))),
-        Case("K=6, ptr=tensor(2), B=3 keys that require gradients", (unit(6), ptr(2), unit(3).requires_grad_())),
-        Case("float32 queue K=8, ptr=tensor(5), B=2 float16 keys (from a key encoder under autocast): "
-             "the queue keeps its dtype", (unit(8), ptr(5), unit(2, dtype=torch.float16))),
+        Case("K = 12, B = 4, m = 0.5", (12, 4, 0.5)),
+        Case("K = 64, B = 64 (one batch in the queue), m = 0 (the key encoder is the query encoder)", (64, 64, 0.0)),
+        Case("K = 1024, B = 64, m = 0.9", (1024, 64, 0.9)),
+        Case("K = 4096, B = 256, m = 0.99 (MoCo v2 on CIFAR-10)", (4096, 256, 0.99)),
+        Case("K = 65536, B = 256, m = 0.999 (MoCo on ImageNet)", (65536, 256, 0.999)),
     ]
 
 
-_ENQUEUE_ERRORS = [
-    ("must match", "The batch does not fit before the end of the queue: wrap around, e.g. write rows "
-                   "(ptr + torch.arange(B)) % K."),
-    ("out of bounds", "An index runs past the end of the queue: take it modulo K to wrap around."),
-    ("dtypes match", "The keys' dtype differs from the queue's: store keys.to(queue.dtype), as MoCo does "
-                     "(the queue keeps its dtype)."),
-]
-
-
-def _inputs_untouched(answer, cases: list[Case]) -> None:
-    """This version returns a new queue: the caller's queue and pointer must not change."""
-    for case in cases:
-        args, _ = case.fresh()
-        call_answer(answer, args, {}, case.name, _ENQUEUE_ERRORS)
-        queue, ptr = case.args[0], case.args[1]
-        if not torch.equal(args[0].detach(), queue):
-            raise Failure(case.name, "your function changed the queue it was given in place",
-                          hint="This enqueue returns a new queue and leaves its input alone: start from a "
-                               "copy, new_queue = queue.clone(), and write into the copy.")
-        if isinstance(ptr, torch.Tensor) and not torch.equal(args[1], ptr):
-            raise Failure(case.name, "your function changed the pointer tensor it was given in place",
-                          hint="ptr += B changes the caller's tensor: compute and return a new pointer, "
-                               "(ptr + B) % K.")
-
-
-def _queue_is_constant(got, args, case):
-    if isinstance(got, (tuple, list)) and got and isinstance(got[0], torch.Tensor) and got[0].requires_grad:
-        return ("the returned queue requires gradients (it is part of the autograd graph)",
-                "Store keys.detach(): the queue holds constants, and a graph through it would keep every "
-                "past batch in memory.")
-    return None
-
-
-@task("07.enqueue", "MoCo's FIFO queue as a pure function: returns the new queue and pointer")
-def check_enqueue(answer) -> None:
-    """The inputs must stay unchanged; the returned (queue, pointer) must equal MoCo._enqueue's buffers."""
-    cases = _enqueue_cases()
-    _inputs_untouched(answer, cases)
+@task("07.key_age", "derive: how many steps old, on average, are the weights behind MoCo's negatives", 2)
+def check_key_age(answer) -> None:
+    """Compare the learner's formula with the derivation on settings the lesson does not print."""
     compare_with_reference(
-        answer, cases, _enqueue_reference, _ENQUEUE_MISTAKES,
-        generic_hint="new = queue.clone(); new[(ptr + torch.arange(B)) % K] = keys.detach().to(queue.dtype); "
-                     "return new, (ptr + B) % K.",
-        error_hints=_ENQUEUE_ERRORS,
-        properties=[_queue_is_constant],
+        answer, _key_age_cases(), _key_age_reference, _KEY_AGE_MISTAKES,
+        generic_hint="Two ages add up: the queue's keys come from steps t - 1 ... t - K/B, and each key was made "
+                     "by a key encoder that is an exponential moving average of past query encoders (weights "
+                     "(1 - m) m^s on the one s steps older).",
+        error_hints=[("division by zero", "m / (1 - m) is finite for every m < 1: check for a 1 - m that became 0 "
+                                          "or a K / B written the wrong way round.")],
+        hint_needs_every_case=True,  # single numbers coincide by chance on one setting
     )
