@@ -104,10 +104,10 @@ def _synthetic_notebook(path: Path) -> None:
         new_code_cell('check("03.softmax_weights", softmax_weights)'),
         new_code_cell("import os\nos._exit(1)"),
         new_code_cell('check("04.info_nce", info_nce)'),
-        new_code_cell("def enqueue(queue, ptr, keys):\n"
-                      "    rows = (ptr + torch.arange(len(keys))) % len(queue)\n"
-                      "    queue[rows] = keys.detach()\n    return (ptr + len(keys)) % len(queue)"),
-        new_code_cell('check("04.enqueue", enqueue)'),
+        new_code_cell("def false_negatives(b, probs):\n"
+                      "    p = torch.tensor(probs, dtype=torch.float64)\n"
+                      "    return 2 * (b - 1) * float((p**2).sum()), 1 - float((p * (1 - p) ** (b - 1)).sum())"),
+        new_code_cell('check("04.false_negatives", false_negatives)'),
     ]
     nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}), path)
 
@@ -119,11 +119,11 @@ def test_grader_survives_raising_hanging_and_killing_cells(tmp_path, capsys):
     assert main(["grade", str(notebook), "--timeout", "5", "--csv", str(csv_path), "--json", str(json_path)]) == 0
 
     table = capsys.readouterr().out
-    assert "04.enqueue" in table and "total: 2/7 points" in table
+    assert "04.false_negatives" in table and "total: 3/8 points" in table
 
     rows = {r["task"]: r for r in csv.DictReader(csv_path.open())}
-    assert set(rows) == {"05.triplet_loss", "03.nt_xent", "03.softmax_weights", "04.info_nce", "04.enqueue"}
-    assert rows["05.triplet_loss"]["passed"] == "True" and rows["04.enqueue"]["passed"] == "True"
+    assert set(rows) == {"05.triplet_loss", "03.nt_xent", "03.softmax_weights", "04.info_nce", "04.false_negatives"}
+    assert rows["05.triplet_loss"]["passed"] == "True" and rows["04.false_negatives"]["passed"] == "True"
     assert "ValueError: broken on purpose" in rows["03.nt_xent"]["message"]
     assert "did not finish within 5 s" in rows["03.softmax_weights"]["message"]
     assert "killed the kernel" in rows["04.info_nce"]["message"]
@@ -131,10 +131,10 @@ def test_grader_survives_raising_hanging_and_killing_cells(tmp_path, capsys):
 
     report = json.loads(json_path.read_text())
     (nb,) = report["notebooks"]
-    assert report["points"] == nb["points"] == 2 and report["max_points"] == nb["max_points"] == 7
+    assert report["points"] == nb["points"] == 3 and report["max_points"] == nb["max_points"] == 8
     assert len(nb["cell_errors"]) >= 3
     statuses = {t["task_id"]: t["status"] for t in nb["tasks"]}
-    assert statuses["04.enqueue"] == "passed" and statuses["04.info_nce"] == "no result"
+    assert statuses["04.false_negatives"] == "passed" and statuses["04.info_nce"] == "no result"
 
 
 def test_grade_reports_missing_notebooks(tmp_path, capsys):

@@ -139,13 +139,16 @@ def nce(q, p, k, t=0.1, *, norm=True, target="zero", tpow=1, in_batch=False, pos
     return F.cross_entropy(torch.cat([pos, neg], 1), y)
 
 
-def enqueue(queue, ptr, keys, *, wrap=True, new_ptr=lambda p, b, k: (p + b) % k, start=None, detach=True,
-            in_place=True):
-    first = ptr if start is None else start
-    rows = (first + torch.arange(len(keys))) % len(queue) if wrap else slice(first, first + len(keys))
-    if in_place:
-        queue[rows] = keys.detach() if detach else keys
-    return new_ptr(ptr, len(keys), len(queue))
+def false_negatives(b, probs, *, views=2, others=lambda b: b - 1, none=False, independent_images=False,
+                    independent_views=False, balanced=False):
+    p = torch.tensor(probs, dtype=torch.float64)
+    same = float((p**2).sum()) if not balanced else 1 / len(p)
+    expected = views * others(b) * same
+    if independent_images or balanced:
+        no_false = (1 - same) ** (b - 1)
+    else:
+        no_false = float((p * (1 - p) ** ((2 * b - 2) if independent_views else (b - 1))).sum())
+    return expected, no_false if none else 1 - no_false
 
 
 def triplet(a, p, n, m=0.2, *, norm=True, hinge=True, squared=False, sign=1, empty_guard=True):
@@ -236,13 +239,15 @@ WRONG = {
         (lambda q, p, k, t=0.1: nce(q, p, k, t, in_batch=True), "queue is ignored"),
         (lambda q, p, k, t=0.1: nce(q, p, k, t, pos_in_denominator=False), "missing from the denominator"),
     ],
-    "04.enqueue": [
-        (lambda q, p, k: enqueue(q, p, k, wrap=False), "wrap around"),
-        (lambda q, p, k: enqueue(q, p, k, new_ptr=lambda p, b, K: p + b), "does not wrap"),
-        (lambda q, p, k: enqueue(q, p, k, new_ptr=lambda p, b, K: p), "not advanced"),
-        (lambda q, p, k: enqueue(q, p, k, start=0), "row 0"),
-        (lambda q, p, k: enqueue(q, p, k, in_place=False), "in place"),
-        (lambda q, p, k: enqueue(q, p, k, detach=False), "keys.detach()"),
+    "04.false_negatives": [
+        (lambda b, p: false_negatives(b, p, views=1), "One view per image"),
+        (lambda b, p: false_negatives(b, p, others=lambda b: b), "own image was counted"),
+        (lambda b, p: false_negatives(b, p, independent_images=True), "treated as independent of each other"),
+        (lambda b, p: false_negatives(b, p, independent_views=True), "two views of one image"),
+        (lambda b, p: false_negatives(b, p, none=True), "probability of *no* false negative"),
+        (lambda b, p: false_negatives(b, p, balanced=True), "assumed equal"),
+        (lambda b, p: false_negatives(b, p)[0], "expected a tuple"),
+        (lambda b, p: (2 * (b - 1) * sum(q**2 for q in p), 1 - (1 - max(p)) ** (b - 1)), "Condition on the anchor's class"),
     ],
     "05.triplet_loss": [
         (lambda a, p, n, m=0.2: triplet(a, p, n, m, norm=False), "not L2-normalised"),

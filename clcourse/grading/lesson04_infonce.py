@@ -1,4 +1,4 @@
-"""Lesson 04 tasks: InfoNCE against a queue of negatives, and MoCo's FIFO queue update."""
+"""Lesson 04 tasks: InfoNCE against a queue of negatives, and a derivation of the false negatives of a batch."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import torch.nn.functional as F
 
 from clcourse import losses
 from clcourse.grading.harness import (
-    Case, Failure, Mistake, call_answer, compare_with_reference, describe, diagnose,
-    first_difference, keeps_gradient, try_run,
+    Case,
+    Mistake,
+    compare_with_reference,
+    keeps_gradient,
 )
 from clcourse.grading.registry import task
 
@@ -90,88 +92,83 @@ def check_info_nce(answer) -> None:
     )
 
 
-# --- 04.enqueue ------------------------------------------------------------------------------
+# --- 04.false_negatives ----------------------------------------------------------------------
 
 
-def _enqueue_reference(queue, ptr, keys):
-    """Write ``keys`` into ``queue`` rows ptr, ptr+1, ... (wrapping around); return the next write position."""
-    idx = (ptr + torch.arange(len(keys))) % len(queue)
-    queue[idx] = keys.detach()
-    return (ptr + len(keys)) % len(queue)
+def _class_probs(probs) -> torch.Tensor:
+    return torch.as_tensor(probs, dtype=torch.float64)
 
 
-def _enqueue_variant(queue, ptr, keys, *, new_ptr=None, start=None, in_place=True):
-    if in_place:
-        first = ptr if start is None else start
-        queue[(first + torch.arange(len(keys))) % len(queue)] = keys.detach()
-    return (ptr + len(keys)) % len(queue) if new_ptr is None else new_ptr(ptr, len(keys), len(queue))
+def _false_negatives_reference(batch_size: int, class_probs) -> tuple[float, float]:
+    """False negatives of one anchor in a SimCLR batch of B images (2B views), classes drawn i.i.d. from p.
+
+    The anchor's 2B - 2 negatives are both views of the B - 1 other images; an image shares the anchor's class c
+    with probability p_c. Returns (expected number of same-class negatives, 2 (B - 1) sum_c p_c^2; probability
+    of at least one, 1 - sum_c p_c (1 - p_c)^(B - 1)) [Chuang et al., Debiased Contrastive Learning, 2020].
+    """
+    p = _class_probs(class_probs)
+    expected = 2 * (batch_size - 1) * float((p**2).sum())
+    at_least_one = 1 - float((p * (1 - p) ** (batch_size - 1)).sum())
+    return expected, at_least_one
 
 
-_ENQUEUE_MISTAKES = [
-    Mistake("The returned pointer does not wrap around: return (ptr + B) % K, the next row to overwrite.",
-            lambda q, p, k: _enqueue_variant(q, p, k, new_ptr=lambda p, b, K: p + b)),
-    Mistake("The pointer was not advanced: return (ptr + B) % K, so that the next batch overwrites the "
-            "oldest keys instead of the ones just written.",
-            lambda q, p, k: _enqueue_variant(q, p, k, new_ptr=lambda p, b, K: p)),
-    Mistake("The keys were written at row 0 instead of at row ptr: the queue must replace its oldest entries.",
-            lambda q, p, k: _enqueue_variant(q, p, k, start=0)),
-    Mistake("The queue was not changed in place: write into the given tensor (queue[idx] = keys); a new "
-            "tensor made inside the function is lost when it returns.",
-            lambda q, p, k: _enqueue_variant(q, p, k, in_place=False)),
+def _false_negatives_variant(b, probs, *, others=lambda b: b - 1, views=2, probability="conditional"):
+    p = _class_probs(probs)
+    same = float((p**2).sum())
+    expected = views * others(b) * same
+    at_least_one = {
+        "conditional": 1 - float((p * (1 - p) ** (b - 1)).sum()),
+        "unconditional": 1 - (1 - same) ** (b - 1),
+        "per_view": 1 - float((p * (1 - p) ** (2 * b - 2)).sum()),
+        "none": float((p * (1 - p) ** (b - 1)).sum()),
+        "balanced": 1 - (1 - 1 / len(p)) ** (b - 1),
+    }[probability]
+    return expected, at_least_one
+
+
+_FALSE_NEGATIVE_MISTAKES = [
+    Mistake("One view per image: every other image of the batch brings both of its views as negatives, so the "
+            "expected count is 2 (B - 1) sum_c p_c^2.",
+            lambda b, p: _false_negatives_variant(b, p, views=1)),
+    Mistake("The anchor's own image was counted: its other view is the positive, not a negative. The negatives "
+            "are the 2 (B - 1) views of the other B - 1 images.",
+            lambda b, p: _false_negatives_variant(b, p, others=lambda b: b)),
+    Mistake("The positive was counted as a false negative: of the 2B - 1 other views, one is the positive; the "
+            "2B - 2 negatives are the views of the B - 1 other images.",
+            lambda b, p: (float((2 * b - 1) * (_class_probs(p) ** 2).sum()), _false_negatives_reference(b, p)[1])),
+    Mistake("The same-class events of the B - 1 other images were treated as independent of each other. They are "
+            "independent only given the anchor's class c: P(no false negative) = sum_c p_c (1 - p_c)^(B - 1), not "
+            "(1 - sum_c p_c^2)^(B - 1) (the two agree only for balanced classes).",
+            lambda b, p: _false_negatives_variant(b, p, probability="unconditional")),
+    Mistake("The two views of one image were treated as independent draws: they always share their class, so "
+            "there are B - 1 independent images behind the 2B - 2 negatives, not 2B - 2.",
+            lambda b, p: _false_negatives_variant(b, p, probability="per_view")),
+    Mistake("That is the probability of *no* false negative; the task asks for at least one: 1 - sum_c p_c "
+            "(1 - p_c)^(B - 1).",
+            lambda b, p: _false_negatives_variant(b, p, probability="none")),
+    Mistake("The class probabilities were assumed equal (1/C each): use the given p, whose classes can be "
+            "imbalanced; a frequent class gets more false negatives, sum_c p_c^2 >= 1/C.",
+            lambda b, p: (2 * (b - 1) / len(p), _false_negatives_variant(b, p, probability="balanced")[1])),
 ]
 
 
-def _enqueue_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(8)
-
-    def q(k, d=3):
-        return torch.randn(k, d, generator=g)
-
+def _false_negative_cases() -> list[Case]:
     return [
-        Case("K=8, ptr=0, B=2 keys", (q(8), 0, q(2))),
-        Case("K=8, ptr=4, B=4 keys (the batch ends exactly at the end of the queue)", (q(8), 4, q(4))),
-        Case("K=8, ptr=6, B=4 keys (the batch wraps around to the start)", (q(8), 6, q(4))),
-        Case("K=5, ptr=3, B=5 keys (the whole queue is replaced)", (q(5), 3, q(5))),
-        Case("K=6, ptr=2, B=3 keys that require gradients (from the key encoder)", (q(6), 2, q(3).requires_grad_())),
+        Case("B = 8 images, 3 classes with p = (0.5, 0.3, 0.2)", (8, [0.5, 0.3, 0.2])),
+        Case("B = 128, 10 balanced classes (lesson 04's batches of digits)", (128, [0.1] * 10)),
+        Case("B = 2, 2 balanced classes", (2, [0.5, 0.5])),
+        Case("B = 1 (no other image: no negative at all)", (1, [0.25] * 4)),
+        Case("B = 4, a single class (every negative is a false negative)", (4, [1.0])),
+        Case("B = 256, 1,000 classes, one of them holding 10% of the images", (256, [0.1] + [0.9 / 999] * 999)),
     ]
 
 
-def _observe_enqueue(fn, case: Case):
-    """What the caller sees: the queue after the call, and the returned pointer."""
-    (queue, ptr, keys), _ = case.fresh()
-    new_ptr = fn(queue, ptr, keys)
-    return queue, new_ptr
-
-
-_ENQUEUE_ERRORS = [
-    ("must match", "The batch does not fit before the end of the queue: wrap around, e.g. write rows "
-                   "(ptr + torch.arange(B)) % K."),
-    ("out of bounds", "An index runs past the end of the queue: take it modulo K to wrap around."),
-]
-
-
-@task("04.enqueue", "MoCo's FIFO queue update: a ring buffer written in place, pointer returned")
-def check_enqueue(answer) -> None:
-    """Compare the queue contents and the returned pointer with a reference ring buffer."""
-    cases = _enqueue_cases()
-    observed = []
-    for i, case in enumerate(cases):
-        queue, new_ptr = _observe_enqueue(
-            lambda *a: call_answer(answer, a, {}, case.name, _ENQUEUE_ERRORS), case)
-        observed.append((queue, new_ptr))
-        want_queue, want_ptr = _observe_enqueue(_enqueue_reference, case)
-        problem = None
-        if (diff := first_difference(queue, want_queue)) is not None:
-            problem, expected, received = f"the queue after the call: {diff}", describe(want_queue), describe(queue)
-        elif (diff := first_difference(new_ptr, want_ptr)) is not None:
-            problem, expected, received = f"the returned pointer: {diff}", repr(want_ptr), repr(new_ptr)
-        if problem:
-            observed += [try_run(answer, later, _observe_enqueue) for later in cases[i + 1:]]
-            hint = diagnose(observed, _ENQUEUE_MISTAKES, cases, i, _observe_enqueue) or (
-                "Rows (ptr + arange(B)) % K get the keys, in place; return (ptr + B) % K.")
-            raise Failure(case.name, problem, expected=expected, received=received, hint=hint)
-        if queue.requires_grad:
-            raise Failure(case.name, "the queue now requires gradients (it is part of the autograd graph)",
-                          hint="Store keys.detach(): the queue holds constants, and a graph through it "
-                               "would keep every past batch in memory.")
-
+@task("04.false_negatives", "derive: how many false negatives a SimCLR anchor has, and how often at least one", 2)
+def check_false_negatives(answer) -> None:
+    """Compare (expected count, probability of at least one) with the derivation, on unprinted settings."""
+    compare_with_reference(
+        answer, _false_negative_cases(), _false_negatives_reference, _FALSE_NEGATIVE_MISTAKES,
+        generic_hint="Condition on the anchor's class c (probability p_c): each of the B - 1 other images then has "
+                     "class c with probability p_c, independently, and brings 2 negatives.",
+        hint_needs_every_case=True,  # pairs of numbers can coincide on one setting
+    )
