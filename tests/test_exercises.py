@@ -101,7 +101,7 @@ def _synthetic_notebook(path: Path) -> None:
         new_code_cell("raise ValueError('broken on purpose')\ndef nt_xent(z1, z2, t=0.5):\n    return 0"),
         new_code_cell('check("03.nt_xent", nt_xent)'),
         new_code_cell("while True:\n    pass"),
-        new_code_cell('check("03.softmax_weights", softmax_weights)'),
+        new_code_cell('check("03.temperature_for_share", temperature_for_share)'),
         new_code_cell("import os\nos._exit(1)"),
         new_code_cell('check("04.info_nce", info_nce)'),
         new_code_cell("def false_negatives(b, probs):\n"
@@ -119,19 +119,19 @@ def test_grader_survives_raising_hanging_and_killing_cells(tmp_path, capsys):
     assert main(["grade", str(notebook), "--timeout", "5", "--csv", str(csv_path), "--json", str(json_path)]) == 0
 
     table = capsys.readouterr().out
-    assert "04.false_negatives" in table and "total: 3/8 points" in table
+    assert "04.false_negatives" in table and "total: 3/9 points" in table
 
     rows = {r["task"]: r for r in csv.DictReader(csv_path.open())}
-    assert set(rows) == {"05.triplet_loss", "03.nt_xent", "03.softmax_weights", "04.info_nce", "04.false_negatives"}
+    assert set(rows) == {"05.triplet_loss", "03.nt_xent", "03.temperature_for_share", "04.info_nce", "04.false_negatives"}
     assert rows["05.triplet_loss"]["passed"] == "True" and rows["04.false_negatives"]["passed"] == "True"
     assert "ValueError: broken on purpose" in rows["03.nt_xent"]["message"]
-    assert "did not finish within 5 s" in rows["03.softmax_weights"]["message"]
+    assert "did not finish within 5 s" in rows["03.temperature_for_share"]["message"]
     assert "killed the kernel" in rows["04.info_nce"]["message"]
-    assert all(rows[t]["points"] == "0" for t in ("03.nt_xent", "03.softmax_weights", "04.info_nce"))
+    assert all(rows[t]["points"] == "0" for t in ("03.nt_xent", "03.temperature_for_share", "04.info_nce"))
 
     report = json.loads(json_path.read_text())
     (nb,) = report["notebooks"]
-    assert report["points"] == nb["points"] == 3 and report["max_points"] == nb["max_points"] == 8
+    assert report["points"] == nb["points"] == 3 and report["max_points"] == nb["max_points"] == 9
     assert len(nb["cell_errors"]) >= 3
     statuses = {t["task_id"]: t["status"] for t in nb["tasks"]}
     assert statuses["04.false_negatives"] == "passed" and statuses["04.info_nce"] == "no result"

@@ -4,6 +4,7 @@ Notebook execution (the grader, the build) is tested in tests/test_exercises.py.
 """
 
 import json
+import math
 from pathlib import Path
 
 import nbformat
@@ -11,11 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
 from clcourse.grading import CheckResult, check, evaluate, tasks
 from clcourse.grading.feedback import LOG_ENV
-
-from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
 SOURCES = sorted((Path(__file__).parent.parent / "exercises" / "source").glob("*.ipynb"))
 
@@ -117,13 +117,16 @@ def clip_loss(z1, z2, t=0.5):
     return (F.cross_entropy(logits, y) + F.cross_entropy(logits.T, y)) / 2
 
 
-def weights(z1, z2, t=0.5, *, diag=float("-inf"), dim=1, norm=True):
-    z = torch.cat([z1, z2])
-    z = F.normalize(z, dim=1) if norm else z
-    logits = z @ z.T / t
-    if diag is not None:
-        logits = logits.masked_fill(torch.eye(len(z), dtype=torch.bool), diag)
-    return logits.softmax(dim=dim)
+def bisect_temperature(s, k, share, *, least=False, with_anchor=False, steps=100, t_power=1):
+    s = torch.as_tensor(s, dtype=torch.float64)
+    if with_anchor:
+        s = torch.cat([torch.ones(1, dtype=torch.float64), s])
+    low, high = -12.0, 12.0
+    for _ in range(steps):
+        t = math.exp((low + high) / 2)
+        w = (s / t**t_power).softmax(0).sort(descending=not least).values[:k].sum()
+        low, high = ((low + high) / 2, high) if w > share else (low, (low + high) / 2)
+    return math.exp((low + high) / 2)
 
 
 def nce(q, p, k, t=0.1, *, norm=True, target="zero", tpow=1, in_batch=False, pos_in_denominator=True):
@@ -226,11 +229,15 @@ WRONG = {
         (lambda z1, z2, t=0.5: ntx(z1, z2, t).item(), "don't call .item()"),
         (lambda z1, z2, t=0.5: ntx(z1.detach(), z2.detach(), t), "gradients"),
     ],
-    "03.softmax_weights": [
-        (lambda z1, z2, t=0.5: weights(z1, z2, t, diag=None), "not masked"),
-        (lambda z1, z2, t=0.5: weights(z1, z2, t, diag=0.0), "exp(0) = 1"),
-        (lambda z1, z2, t=0.5: weights(z1, z2, t, dim=0), "wrong dimension"),
-        (lambda z1, z2, t=0.5: weights(z1, z2, t, norm=False), "not L2-normalised"),
+    "03.temperature_for_share": [
+        (lambda s, k, share=0.5: bisect_temperature(s, 1, share), "k was ignored"),
+        (lambda s, k, share=0.5: bisect_temperature(s, k, share, least=True), "bisection on log t"),
+        (lambda s, k, share=0.5: bisect_temperature(s, k, share, t_power=2), "applied twice"),
+        (lambda s, k, share=0.5: 1 / bisect_temperature(s, k, share), "multiplied by t"),
+        (lambda s, k, share=0.5: bisect_temperature(s, k, 1 - share), "1 - share"),
+        (lambda s, k, share=0.5: bisect_temperature(s, k, share, with_anchor=True), "anchor itself"),
+        (lambda s, k, share=0.5: bisect_temperature(s, k, share, steps=3), "bisection on log t"),
+        (lambda s, k, share=0.5: 0.5, "bisection on log t"),
     ],
     "04.info_nce": [
         (lambda q, p, k, t=0.1: nce(q, p, k, t, norm=False), "not L2-normalised"),

@@ -4,13 +4,17 @@ import copy
 
 import pytest
 import torch
+from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
 from clcourse.encoders import SmallCNN
 from clcourse.grading import evaluate, tasks
-from clcourse.grading.lesson07_moco import _key_age_cases, _key_age_reference, _momentum_cases, _momentum_reference
+from clcourse.grading.lesson07_moco import (
+    _key_age_cases,
+    _key_age_reference,
+    _momentum_cases,
+    _momentum_reference,
+)
 from clcourse.methods import MoCo
-
-from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
 
 def test_lesson_07_has_two_tasks():

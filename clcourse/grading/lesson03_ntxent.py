@@ -1,4 +1,4 @@
-"""Lesson 03 tasks: NT-Xent from scratch, and the softmax weights an anchor gives its candidates."""
+"""Lesson 03 tasks: NT-Xent from scratch, and the temperature that gives the top k candidates a share of the weight."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from clcourse import losses
-from clcourse.grading.harness import Case, Mistake, compare_with_reference, keeps_gradient
+from clcourse.grading.harness import (
+    Case,
+    Mistake,
+    compare_with_reference,
+    keeps_gradient,
+)
 from clcourse.grading.registry import task
 
 
@@ -110,35 +115,74 @@ def check_nt_xent(answer) -> None:
     )
 
 
-def _weights_reference(z1, z2, temperature=0.5):
-    """Row i: anchor i's softmax over its 2N - 1 candidates (itself excluded, weight 0)."""
-    return _logits(z1, z2, temperature).softmax(dim=1)
+def _share_of_top(similarities: torch.Tensor, k: int, temperature: float) -> float:
+    """Softmax weight (over all M candidates) carried by the k most similar ones."""
+    weights = (similarities.double() / temperature).softmax(dim=0)
+    return float(weights.sort(descending=True).values[:k].sum())
 
 
-_WEIGHT_MISTAKES = [
-    Mistake("The embeddings are not L2-normalised: the similarities must be cosines.",
-            lambda z1, z2, t=0.5: _logits(z1, z2, t, normalize=False).softmax(dim=1)),
-    Mistake("The anchor itself is not masked: the diagonal must be -inf before the softmax, so that "
-            "each anchor gives weight 0 to itself.",
-            lambda z1, z2, t=0.5: _logits(z1, z2, t, self_fill=None).softmax(dim=1)),
-    Mistake("The diagonal was masked with 0, but exp(0) = 1 still gets weight: fill it with -inf.",
-            lambda z1, z2, t=0.5: _logits(z1, z2, t, self_fill=0.0).softmax(dim=1)),
-    Mistake("The softmax runs over the wrong dimension: each row (one anchor) must sum to 1, softmax(dim=1).",
-            lambda z1, z2, t=0.5: _logits(z1, z2, t).softmax(dim=0)),
-    Mistake("The temperature is missing: the logits are cos / t.",
-            lambda z1, z2, t=0.5: _logits(z1, z2, t, t_power=0).softmax(dim=1)),
-    Mistake("The similarities were multiplied by t instead of divided by it.",
-            lambda z1, z2, t=0.5: _logits(z1, z2, t, t_power=-1).softmax(dim=1)),
-    Mistake("The temperature is applied twice (logits divided by t^2).",
-            lambda z1, z2, t=0.5: _logits(z1, z2, t, t_power=2).softmax(dim=1)),
+def _temperature_for_share_reference(similarities, k: int, share: float = 0.5) -> float:
+    """The temperature t at which the k most similar of M candidates carry ``share`` of softmax(s / t).
+
+    similarities: [M] cosines of one anchor to its candidates; needs k / M < share < 1 and distinct values.
+    The share falls monotonically from 1 (t -> 0) to k / M (t -> infinity), so bisection on log t finds t.
+    """
+    s = torch.as_tensor(similarities, dtype=torch.float64)
+    low, high = -12.0, 12.0  # log t
+    for _ in range(200):
+        middle = (low + high) / 2
+        if _share_of_top(s, k, float(torch.tensor(middle).exp())) > share:
+            low = middle  # too concentrated: warmer
+        else:
+            high = middle
+    return float(torch.tensor((low + high) / 2).exp())
+
+
+_SHARE_MISTAKES = [
+    Mistake("k was ignored: that temperature gives the single most similar candidate the share. The share of the "
+            "k most similar is the sum of their k softmax weights.",
+            lambda s, k, share=0.5: _temperature_for_share_reference(s, 1, share)),
+    Mistake("The temperature is applied twice (the weights are softmax(s / t^2)): your t is the square root of "
+            "the right one. Divide the similarities by t once.",
+            lambda s, k, share=0.5: _temperature_for_share_reference(s, k, share) ** 0.5),
+    Mistake("The similarities were multiplied by t instead of divided by it: the weights are softmax(s / t), so "
+            "a small t sharpens them. Your t is the reciprocal of the right one.",
+            lambda s, k, share=0.5: 1 / _temperature_for_share_reference(s, k, share)),
+    Mistake("That temperature gives the k most similar candidates 1 - share of the weight: a share that is too "
+            "large means the distribution is too sharp, so the temperature must go *up*.",
+            lambda s, k, share=0.5: _temperature_for_share_reference(s, k, 1 - share)),
+    Mistake("The anchor itself (similarity 1) was counted as a candidate: in NT-Xent an anchor is never its own "
+            "candidate, the softmax runs over the M given similarities only.",
+            lambda s, k, share=0.5: _temperature_for_share_reference(
+                torch.cat([torch.ones(1, dtype=torch.float64), torch.as_tensor(s, dtype=torch.float64)]), k, share)),
 ]
 
 
-@task("03.softmax_weights", "the softmax weights each anchor gives its 2N-1 candidates (masked similarity matrix)")
-def check_softmax_weights(answer) -> None:
-    """Compare with softmax(cos / t) over each row, diagonal excluded (the matrix inside clcourse.losses.nt_xent)."""
+def _share_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(33)
+
+    def cosines(m, spread=0.3):
+        return (torch.rand(m, generator=g, dtype=torch.float64) * 2 - 1) * spread + 0.2
+
+    return [
+        Case("M = 8 candidates, k = 2, share 0.5", (cosines(8), 2, 0.5)),
+        Case("M = 254 candidates (a batch of 128 pairs), k = 5, share 0.5", (cosines(254), 5, 0.5)),
+        Case("M = 62, k = 1, share 0.9 (one candidate must carry 90%)", (cosines(62, 0.6), 1, 0.9)),
+        Case("M = 1000, k = 50, share 0.25", (cosines(1000, 0.8), 50, 0.25)),
+        Case("M = 4 similarities given as a list, k = 3, share 0.8", ([0.9, 0.5, 0.1, -0.3], 3, 0.8)),
+    ]
+
+
+@task("03.temperature_for_share", "derive: the temperature at which the k most similar candidates carry a given "
+                                  "share of the softmax weight", 2)
+def check_temperature_for_share(answer) -> None:
+    """Compare with a bisection on log t, on similarities the lesson does not print (relative tolerance 1e-4)."""
     compare_with_reference(
-        answer, _embedding_cases(), _weights_reference, _WEIGHT_MISTAKES,
-        generic_hint="P = softmax over each row of cos(z_i, z_j) / t, with the diagonal set to -inf first; "
-                     "P has shape [2N, 2N], zeros on the diagonal, rows summing to 1.",
+        answer, _share_cases(), _temperature_for_share_reference, _SHARE_MISTAKES,
+        generic_hint="The share of the k most similar candidates falls steadily from 1 (t -> 0) to k / M (t -> "
+                     "infinity): search t, e.g. bisection on log t between 1e-5 and 1e5, until the share equals "
+                     "the target.",
+        error_hints=[("overflow", "exp(s / t) overflows for small t: use torch.softmax, or subtract the largest "
+                                  "logit before exp.")],
+        hint_needs_every_case=True,
     )
