@@ -204,7 +204,7 @@ class ShortcutResult:
         variant: the name the run was given (e.g. ``"crop"``).
         accuracy: factor name -> linear-probe test accuracy in [0, 1].
         history: the training :class:`~clcourse.train.History` (``None`` for an untrained encoder).
-        model: the trained :class:`~clcourse.methods.simclr.SimCLR` (or ``None``).
+        model: the :class:`~clcourse.methods.simclr.SimCLR` model (untrained for the baseline run).
     """
 
     variant: str
