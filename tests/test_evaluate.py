@@ -5,6 +5,7 @@ import torch
 from clcourse.evaluate import (
     PROTOCOLS,
     alignment_uniformity,
+    class_compactness,
     effective_rank,
     evaluate_representation,
     extract_features,
@@ -117,3 +118,35 @@ def test_the_representation_protocol_reports_knn_probes_and_rank():
     assert protocol.run(method, (images, y), (images, y), knn_k=5, draws=2) == metrics
     rows = dict(protocol.rows(metrics))
     assert rows["kNN (k=5)"] == "100.0%" and rows["linear probe 100%"].startswith("100.0% (120 labels")
+
+
+def test_class_compactness_closed_forms():
+    e1, e2 = torch.eye(3)[0], torch.eye(3)[1]
+    # two classes on opposite points: within 1, between -1
+    opposite = class_compactness(torch.stack([e1, e1, -e1, -e1]), torch.tensor([0, 0, 1, 1]))
+    assert opposite == pytest.approx({"within": 1.0, "between": -1.0, "gap": 2.0})
+    # an offset shared by everyone: centring removes it; without centring, orthogonal classes give 0
+    offset = torch.tensor([5.0, 5.0, 5.0])
+    shifted = torch.stack([offset + e1, offset + e1, offset + e2, offset + e2])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert class_compactness(shifted, labels) == pytest.approx({"within": 1.0, "between": -1.0, "gap": 2.0})
+    plain = class_compactness(torch.stack([e1, e1, e2, e2]), labels, center=False)
+    assert plain == pytest.approx({"within": 1.0, "between": 0.0, "gap": 1.0})
+    # ten classes on the vertices of a regular simplex (centred one-hot vectors): between = -1/9
+    simplex = torch.eye(10).repeat(3, 1)
+    result = class_compactness(simplex, torch.arange(10).repeat(3))
+    assert result["within"] == pytest.approx(1.0) and result["between"] == pytest.approx(-1 / 9)
+    # one pair per label type: within = cos(a, b) of the two same-label points (uncentred)
+    pts = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    mixed = class_compactness(pts, torch.tensor([0, 0, 1]), center=False)
+    r = 1 / 2**0.5
+    assert mixed["within"] == pytest.approx(r) and mixed["between"] == pytest.approx((0 + r) / 2)
+
+
+def test_class_compactness_rejects_bad_input():
+    with pytest.raises(ValueError, match="two points of one class"):
+        class_compactness(torch.randn(3, 2), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="two points of one class"):
+        class_compactness(torch.randn(3, 2), torch.tensor([0, 0, 0]))
+    with pytest.raises(ValueError, match=r"\[N\]"):
+        class_compactness(torch.randn(3, 2), torch.tensor([0, 1]))

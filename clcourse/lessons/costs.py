@@ -86,9 +86,9 @@ LESSON_COSTS: dict[str, LessonCost] = {
         fuller="more `steps`",
     ),
     "11": LessonCost(
-        "Supervised contrastive", 32,
+        "Supervised contrastive", 110,
         full="SupCon on 16x16 digits, 5,000 steps per run",
-        faster="`steps` (60)",
+        faster="`steps` (200) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`",
     ),
 }
