@@ -14,12 +14,20 @@ from clcourse.encoders import SmallCNN  # noqa: E402
 from clcourse.lessons.triplet import (  # noqa: E402
     NOT_A_NEGATIVE,
     REGIONS,
+    Run,
+    collapse_signals,
+    embed,
     embedding_geometry,
     negative_regions,
+    pca_2d,
+    pixel_baseline,
     plot_mining,
+    plot_snapshots,
     plot_training_signals,
     results_table,
+    seeds_table,
     signals_table,
+    summarise,
     toy_circle_embedding,
     train_and_evaluate,
 )
@@ -98,7 +106,7 @@ def tiny_runs():
     train = load_digits(16, "train").subset(torch.arange(64))
     test = load_digits(16, "test").subset(torch.arange(40))
     settings = dict(train=train, test=test, augment=BatchedAugment.digits(16), budget=dict(steps=5),
-                    batch_size=16, fractions=(0.5,), probe_seeds=(0, 1), track_images=16)
+                    batch_size=16, fractions=(0.5,), probe_seeds=(0, 1), track_images=16, snapshot_steps=(0, 2, 5))
     runs = []
     for name, method in [("triplet", Triplet(SmallCNN(1, width=8, out_dim=16), 8, strategy="hard")),
                          ("simclr", SimCLR(SmallCNN(1, width=8, out_dim=16), 8))]:
@@ -134,3 +142,83 @@ def test_budget_none_evaluates_the_untrained_method_and_tables_tolerate_missing_
     assert baseline.history.steps == 0 and len(baseline.curve) == 1 and baseline.probes == {}
     table = results_table([baseline, tiny_runs[1]])
     assert "untrained" in table and table.count("probe 50%") == 1
+
+
+def test_snapshots_are_taken_at_the_steps_asked_for_and_the_hook_is_removed(tiny_runs):
+    for run in tiny_runs:
+        assert sorted(run.snapshots) == [0, 2, 5]
+        for z in run.snapshots.values():
+            assert z.shape == (16, 8)
+            torch.testing.assert_close(z.norm(dim=1), torch.ones(16))
+        assert not torch.equal(run.snapshots[0], run.snapshots[5])  # training moved the embedding
+        assert "on_step_end" not in vars(run.method)  # the class's own hook is back
+    torch.testing.assert_close(tiny_runs[0].snapshots[5], embed(tiny_runs[0].method, load_digits(16, "test").images[:16]))
+
+
+def test_snapshot_steps_need_tracking_images():
+    train = load_digits(16, "train").subset(torch.arange(32))
+    with pytest.raises(ValueError, match="track_images"):
+        train_and_evaluate("x", Triplet(SmallCNN(1, width=8, out_dim=16), 8), train, train, BatchedAugment.digits(16),
+                           budget={"steps": 1}, batch_size=16, fractions=(), track_images=0, snapshot_steps=(1,))
+
+
+def test_embed_uses_batch_statistics_and_leaves_the_method_alone():
+    torch.manual_seed(0)
+    method = Triplet(SmallCNN(1, width=8, out_dim=16), projection_dim=8).eval()
+    bn = method.encoder.features[0][1]
+    before = bn.running_mean.clone()
+    images = torch.rand(32, 1, 16, 16) * 5
+    z = embed(method, images)
+    assert z.shape == (32, 8) and not method.training
+    torch.testing.assert_close(bn.running_mean, before)
+    with torch.no_grad():  # what a training batch of these images would see
+        expected = torch.nn.functional.normalize(method.train().projector(method.encoder(images)), dim=1)
+    torch.testing.assert_close(z, expected)
+
+
+def test_pca_2d_keeps_the_scale_and_a_fixed_sign():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 16, generator=g) * torch.linspace(3, 0.1, 16)
+    xy = pca_2d(z)
+    assert xy.shape == (200, 2)
+    torch.testing.assert_close(torch.from_numpy(pca_2d(0.1 * z)), 0.1 * torch.from_numpy(xy), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(pca_2d(-z)).abs(), torch.from_numpy(xy).abs(), rtol=1e-4, atol=1e-5)
+    assert abs(xy[:, 0].std()) > abs(xy[:, 1].std())  # the first component carries the most variance
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        pca_2d(torch.randn(1, 4))
+
+
+def test_plot_snapshots_draws_every_panel_on_one_scale(tiny_runs):
+    labels = load_digits(16, "test").labels[:16]
+    fig = plot_snapshots(tiny_runs, labels)
+    assert len(fig.axes) == 6
+    assert len({ax.get_xlim() for ax in fig.axes}) == 1 and fig.axes[0].get_title().startswith("step 0: spread")
+    plt.close(fig)
+    no_snapshots = Run("none", None, tiny_runs[0].history)
+    with pytest.raises(ValueError, match="snapshots at the same steps"):
+        plot_snapshots([tiny_runs[0], no_snapshots], labels)
+
+
+def test_pixel_baseline_and_seed_summaries(tiny_runs):
+    train = load_digits(16, "train").subset(torch.arange(64))
+    test = load_digits(16, "test").subset(torch.arange(40))
+    pixels = pixel_baseline(train, test, fractions=(0.5,), probe_seeds=(0, 1))
+    assert pixels.method is None and 0 <= pixels.knn <= 1 and set(pixels.probes) == {0.5}
+    assert "raw pixels" in results_table([pixels, *tiny_runs])
+    summary = summarise("both", tiny_runs)
+    accuracies = [r.probes[0.5].mean for r in tiny_runs]
+    assert summary.seeds == 2 and summary.probes[0.5][0] == pytest.approx(sum(accuracies) / 2)
+    assert summary.probes[0.5][1] == pytest.approx(abs(accuracies[0] - accuracies[1]) / math.sqrt(2))  # sample std
+    assert summarise("pixels", [pixels]).seeds == 0
+    table = seeds_table([summarise("pixels", [pixels]), summary])
+    assert "±" in table.splitlines()[3] and "±" not in table.splitlines()[2]
+    with pytest.raises(ValueError, match="at least one run"):
+        summarise("none", [])
+
+
+def test_collapse_signals_match_the_table(tiny_runs):
+    signals = collapse_signals(tiny_runs[0], margin=0.2)
+    stats = tiny_runs[0].method.stats
+    assert signals["zero_first"] == stats[0].zero_loss_fraction
+    assert signals["spread_first"] == stats[0].mean_distance
+    assert f"{signals['loss_over_margin']:6.2f}" in signals_table(tiny_runs[:1], margin=0.2)

@@ -68,9 +68,9 @@ LESSON_COSTS: dict[str, LessonCost] = {
         fuller="more `steps`, larger `batch_sizes`",
     ),
     "05": LessonCost(
-        "Triplet loss", 68,
+        "Triplet loss", 90,
         full="ResNet-18 on CIFAR-10, 100 epochs per mining strategy",
-        faster="the `budget` (10 s of training per method) or fewer `methods`",
+        faster="the `budget` (120 steps per run), fewer `seeds` (3) or no ablations",
         fuller="a larger `budget`",
     ),
     "06": LessonCost(

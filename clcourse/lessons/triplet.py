@@ -15,6 +15,7 @@ Vocabulary of FaceNet [1] for a negative n of a positive pair (a, p) with margin
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -160,16 +161,26 @@ class Run:
             L2-normalised embeddings, after the head) and ``spread`` (their mean pairwise
             Euclidean distance on the unit sphere; 0 when all embeddings coincide); the first
             entry is before training (step 0).
+        snapshots: step -> L2-normalised embeddings [N, D] of the tracking images at that step
+            (see `embed`: batch statistics, as in training; step 0 is before training), for the
+            steps asked for.
         seconds: wall-clock seconds of training and evaluation together.
     """
 
     name: str
-    method: nn.Module
+    method: nn.Module | None
     history: History
     probes: dict[float, ProbeResult] = field(default_factory=dict)
     knn: float = float("nan")
     curve: list[dict[str, float]] = field(default_factory=list)
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
     seconds: float = float("nan")
+
+    @property
+    def ms_per_step(self) -> float:
+        """Mean wall-clock milliseconds per training step (the tracking included), nan untrained."""
+        steps = self.history.steps
+        return 1000 * self.history.step_time[-1] / steps if steps else float("nan")
 
 
 @torch.no_grad()
@@ -189,6 +200,25 @@ def embedding_geometry(method: nn.Module, images: torch.Tensor) -> dict[str, flo
     }
 
 
+@torch.no_grad()
+def embed(method: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The L2-normalised embeddings [N, D] that the loss sees, of images [N, C, H, W] (one batch), on the CPU.
+
+    Encoder then ``.projector`` (if any) in *training* mode, batch norm normalising with the
+    statistics of these images as it does with a training batch, on a copy of the method, so
+    the method's running statistics are untouched. (Eval mode would use the running statistics,
+    which lag far behind in the first steps: an early snapshot would not show what the loss sees.)
+    """
+    model = copy.deepcopy(method).train()
+    first = next(model.parameters(), None)
+    images = images.to(first.device) if first is not None else images
+    projector = getattr(model, "projector", None)
+    z = model.encoder(images)
+    if projector is not None:
+        z = projector(z)
+    return F.normalize(z.float(), dim=1).cpu()
+
+
 def train_and_evaluate(
     name: str,
     method: nn.Module,
@@ -198,13 +228,16 @@ def train_and_evaluate(
     *,
     budget: dict | None,
     lr: float = 2e-3,
+    weight_decay: float = 1e-6,
     batch_size: int = 256,
     seed: int = 0,
     device=None,
+    channels_last: bool | None = None,
     fractions: tuple[float, ...] = (0.01, 0.1),
     probe_seeds=range(5),
     track_images: int = 512,
     schedule: str = "cosine",
+    snapshot_steps: tuple[int, ...] = (),
 ) -> Run:
     """Train ``method`` on views of ``train`` for ``budget`` (``fit``'s epochs/steps/seconds), then evaluate.
 
@@ -218,6 +251,10 @@ def train_and_evaluate(
             for every method); 0 to skip.
         fractions, probe_seeds: linear probes on these label fractions (none: skip the probes),
             one label draw per seed.
+        snapshot_steps: after each of these optimiser steps (0: before training) the `embed`
+            embeddings of the tracking images are kept in ``Run.snapshots`` (their time counts in
+            a seconds budget).
+        weight_decay, channels_last, schedule, lr: passed to :func:`clcourse.train.fit`.
 
     Returns:
         a :class:`Run` with the probes and the kNN accuracy of the encoder's features.
@@ -228,13 +265,35 @@ def train_and_evaluate(
     def record(epoch: int, m: nn.Module, history: History) -> None:
         run.curve.append({"step": history.steps, "seconds": history.step_time[-1], **embedding_geometry(m, tracked)})
 
+    if snapshot_steps and not track_images:
+        raise ValueError("snapshot_steps needs track_images > 0: the snapshots embed the tracking images")
+    steps_done = 0
+
+    def snapshot() -> None:
+        # fit calls method.on_step_end() after every optimiser step; we count the steps there
+        nonlocal steps_done
+        steps_done += 1
+        if steps_done in snapshot_steps:
+            run.snapshots[steps_done] = embed(method, tracked)
+
     start = time.perf_counter()
     if track_images:
         run.curve.append({"step": 0, "seconds": 0.0, **embedding_geometry(method, tracked)})
+    if 0 in snapshot_steps:
+        run.snapshots[0] = embed(method, tracked)
     if budget is not None:
         loader = ViewLoader(train, augment, batch_size=batch_size, seed=seed, device=device)
-        run.history = fit(method, loader, lr=lr, schedule=schedule, device=device,
-                          on_epoch_end=record if track_images else None, progress=False, **budget)
+        own_hook = getattr(method, "on_step_end", None)
+        if snapshot_steps:
+            # an instance attribute shadows the method's own hook for this run only; it is called too
+            method.on_step_end = (lambda: (own_hook(), snapshot())) if own_hook else snapshot
+        try:
+            run.history = fit(method, loader, lr=lr, weight_decay=weight_decay, schedule=schedule, device=device,
+                              channels_last=channels_last, on_epoch_end=record if track_images else None,
+                              progress=False, **budget)
+        finally:
+            if snapshot_steps:
+                del method.on_step_end
     train_x, train_y = extract_features(method.encoder, train)
     test_x, test_y = extract_features(method.encoder, test)
     run.probes = {f: linear_probe(train_x, train_y, test_x, test_y, label_fraction=f, seeds=probe_seeds)
@@ -244,50 +303,141 @@ def train_and_evaluate(
     return run
 
 
+def pixel_baseline(
+    train, test, fractions: tuple[float, ...] = (0.01, 0.1), probe_seeds=range(5), name: str = "raw pixels"
+) -> Run:
+    """The probes and the kNN classifier on the flattened pixels of `ImageData` train / test (no encoder)."""
+    train_x, test_x = train.images.flatten(1), test.images.flatten(1)
+    probes = {f: linear_probe(train_x, train.labels, test_x, test.labels, label_fraction=f, seeds=probe_seeds)
+              for f in fractions}
+    return Run(name, None, History(), probes, knn_accuracy(train_x, train.labels, test_x, test.labels))
+
+
 def results_table(runs: list[Run]) -> str:
-    """A text table: steps, linear probes (mean ± std over draws), kNN, effective ranks at the end.
+    """A text table: steps, ms per step, linear probes (mean ± std over label draws), kNN, effective ranks at the end.
 
     "rank f" / "rank z": effective rank [3] of the encoder's features / of the L2-normalised
-    embeddings of the tracking images, after training.
+    embeddings of the tracking images, after training ("-" where not measured).
     """
     fractions = sorted({f for r in runs for f in r.probes})
-    head = f"{'method':<30} {'steps':>5} " + " ".join(f"{f'probe {100 * f:g}%':>13}" for f in fractions)
+    head = f"{'method':<30} {'steps':>5} {'ms/step':>7} " + " ".join(f"{f'probe {100 * f:g}%':>13}" for f in fractions)
     head += f" {'kNN':>6} {'rank f':>7} {'rank z':>7}"
     lines = [head, "-" * len(head)]
     for r in runs:
         probes = " ".join(f"{100 * r.probes[f].mean:6.1f} ± {100 * r.probes[f].std:4.1f}" if f in r.probes
                           else f"{'-':>13}" for f in fractions)
-        last = r.curve[-1] if r.curve else {"rank_features": float("nan"), "rank_embedding": float("nan")}
-        lines.append(f"{r.name:<30} {r.history.steps:>5} {probes} {100 * r.knn:6.1f}"
-                     f" {last['rank_features']:7.1f} {last['rank_embedding']:7.1f}")
+        steps = "-" if r.method is None else str(r.history.steps)
+        ms = f"{r.ms_per_step:7.0f}" if r.history.steps else f"{'-':>7}"
+        ranks = (f"{r.curve[-1]['rank_features']:7.1f} {r.curve[-1]['rank_embedding']:7.1f}" if r.curve
+                 else f"{'-':>7} {'-':>7}")
+        lines.append(f"{r.name:<30} {steps:>5} {ms} {probes} {100 * r.knn:6.1f} {ranks}")
     return "\n".join(lines)
+
+
+@dataclass
+class SeedSummary:
+    """One method over several training seeds (each seed: its own weights, views and batches).
+
+    Attributes:
+        name: the method's label.
+        seeds: how many training runs.
+        probes: label fraction -> (mean, sample std) over the runs of each run's mean accuracy
+            over its label draws, in [0, 1]; every run draws the same labelled images, so the
+            std is the spread of *training*, not of the draws.
+        knn: (mean, sample std) of the kNN accuracy.
+        ms_per_step: mean over the runs.
+    """
+
+    name: str
+    seeds: int  # 0: a baseline without training (raw pixels), shown without a spread
+    probes: dict[float, tuple[float, float]]
+    knn: tuple[float, float]
+    ms_per_step: float
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarise(name: str, runs: list[Run]) -> SeedSummary:
+    """A :class:`SeedSummary` of ``runs``, the same method trained with different seeds (at least one run)."""
+    if not runs:
+        raise ValueError(f"summarise needs at least one run of {name!r}")
+    fractions = set(runs[0].probes)
+    if any(set(r.probes) != fractions for r in runs):
+        raise ValueError(f"the runs of {name!r} must have probes on the same label fractions")
+    trained = sum(r.method is not None for r in runs)
+    return SeedSummary(
+        name, trained, {f: _mean_std([r.probes[f].mean for r in runs]) for f in sorted(fractions)},
+        _mean_std([r.knn for r in runs]), float(np.mean([r.ms_per_step for r in runs])),
+    )
+
+
+def seeds_table(summaries: list[SeedSummary]) -> str:
+    """A text table of :class:`SeedSummary` rows: accuracies in %, mean ± sample std over training seeds."""
+    fractions = sorted({f for s in summaries for f in s.probes})
+    head = f"{'method':<30} {'seeds':>5} " + " ".join(f"{f'probe {100 * f:g}%':>13}" for f in fractions)
+    head += f" {'kNN':>13}"
+    lines = [head, "-" * len(head)]
+    for s in summaries:
+        cells = [_mean_std_cell(s.probes[f], s.seeds > 0) if f in s.probes else f"{'-':>13}" for f in fractions]
+        cells.append(_mean_std_cell(s.knn, s.seeds > 0))
+        lines.append(f"{s.name:<30} {s.seeds if s.seeds else '-':>5} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def _mean_std_cell(mean_std: tuple[float, float], with_std: bool) -> str:
+    mean, std = mean_std
+    return f"{100 * mean:6.1f} ± {100 * std:4.1f}" if with_std else f"{100 * mean:6.1f}{'':7}"
 
 
 def _tail_mean(values: list[float], n: int = 5) -> float:
     return float(np.mean(values[-n:]))
 
 
-def signals_table(runs: list[Run], margin: float) -> str:
-    """A text table of the collapse signals of triplet runs, from the first step to the end of training.
+def collapse_signals(run: Run, margin: float) -> dict[str, float]:
+    """The collapse signals of a triplet run, at its first step and at its end (means of the last 5 steps).
 
-    Columns: the loss at the end relative to the margin (1.00 = every mined triplet costs exactly
-    m, the value of a collapsed embedding), the fraction of zero-loss triplets in the batch and
-    the spread of the batch's embeddings (mean distance) at the first step and at the end (means
-    of the last 5 steps), the effective rank [3] of the features and of the normalised
-    embeddings of the tracking images before and after training, and the kNN accuracy.
+    Keys: ``loss_over_margin`` (the loss at the end / m: 1 = every mined triplet costs exactly m,
+    the value of a collapsed embedding), ``zero_first`` / ``zero_end`` (fraction of the batch's
+    triplets with zero loss), ``spread_first`` / ``spread_end`` (mean distance between the
+    batch's embeddings), ``rank_features_first`` / ``_end`` and ``rank_embedding_first`` /
+    ``_end`` (effective ranks [3] of the tracking images before and after training) and ``knn``.
+    The run's method needs ``stats`` (a `clcourse.methods.triplet.Triplet`) and the run a ``curve``.
+    """
+    stats, curve = run.method.stats, run.curve
+    if not stats or not curve:
+        raise ValueError(f"run {run.name!r} has no training stats or no curve: train it with track_images > 0")
+    zero = [s.zero_loss_fraction for s in stats]
+    spreads = [s.mean_distance for s in stats]
+    return {
+        "loss_over_margin": _tail_mean([s.loss for s in stats]) / margin,
+        "zero_first": zero[0], "zero_end": _tail_mean(zero),
+        "spread_first": spreads[0], "spread_end": _tail_mean(spreads),
+        "rank_features_first": curve[0]["rank_features"], "rank_features_end": curve[-1]["rank_features"],
+        "rank_embedding_first": curve[0]["rank_embedding"], "rank_embedding_end": curve[-1]["rank_embedding"],
+        "knn": run.knn,
+    }
+
+
+def signals_table(runs: list[Run], margin: float) -> str:
+    """A text table of the `collapse_signals` of triplet runs, from the first step to the end of training.
+
+    Columns: the loss at the end relative to the margin, the fraction of zero-loss triplets in
+    the batch and the spread of the batch's embeddings (mean distance) at the first step and at
+    the end, the effective rank [3] of the features and of the normalised embeddings of the
+    tracking images before and after training, and the kNN accuracy.
     """
     head = (f"{'run':<22} {'loss/m':>6} {'zero-loss fraction':>18} {'spread':>13} "
             f"{'rank features':>14} {'rank embedding':>15} {'kNN':>6}")
     lines = [head, "-" * len(head)]
     for r in runs:
-        st, c = r.method.stats, r.curve
-        zero = [s.zero_loss_fraction for s in st]
-        spreads = [s.mean_distance for s in st]
+        c = collapse_signals(r, margin)
         lines.append(
-            f"{r.name:<22} {_tail_mean([s.loss for s in st]) / margin:6.2f} "
-            f"{zero[0]:8.2f} -> {_tail_mean(zero):4.2f} {spreads[0]:5.2f} -> {_tail_mean(spreads):4.2f} "
-            f"{c[0]['rank_features']:6.1f} -> {c[-1]['rank_features']:4.1f} "
-            f"{c[0]['rank_embedding']:7.1f} -> {c[-1]['rank_embedding']:4.1f} {100 * r.knn:6.1f}"
+            f"{r.name:<22} {c['loss_over_margin']:6.2f} "
+            f"{c['zero_first']:8.2f} -> {c['zero_end']:4.2f} {c['spread_first']:5.2f} -> {c['spread_end']:4.2f} "
+            f"{c['rank_features_first']:6.1f} -> {c['rank_features_end']:4.1f} "
+            f"{c['rank_embedding_first']:7.1f} -> {c['rank_embedding_end']:4.1f} {100 * c['knn']:6.1f}"
         )
     return "\n".join(lines)
 
@@ -319,4 +469,55 @@ def plot_training_signals(runs: list[Run], margin: float) -> Figure:
                 ylim=(0, None))
     axes[0].legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def pca_2d(z: torch.Tensor) -> np.ndarray:
+    """The first two principal components of embeddings z [N, D] (N >= 2): coordinates [N, 2] in z's own units.
+
+    Unlike UMAP, which lays out every input at a similar size, PCA keeps the scale: a cloud that
+    shrinks on the sphere shrinks in the picture. Each component's sign is fixed (its largest
+    loading positive), so that snapshots of one run do not flip at random.
+    """
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"z must be [N, D] with N >= 2, got {list(z.shape)}")
+    centred = z.detach().double().cpu() - z.detach().double().cpu().mean(dim=0)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    components = vh[:2]
+    signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+    xy = centred @ (components * signs).T
+    if xy.shape[1] < 2:  # D == 1: a second axis of zeros
+        xy = torch.cat([xy, torch.zeros_like(xy)], dim=1)
+    return xy.float().numpy()
+
+
+def plot_snapshots(runs: list[Run], labels: torch.Tensor, limit: float | None = None) -> Figure:
+    """A grid of the runs' embedding snapshots: one row per run, one column per step, all at one scale.
+
+    Each panel is `pca_2d` of a snapshot (the L2-normalised embeddings of the tracking images),
+    coloured by ``labels`` [N], titled with the step and the snapshot's `spread`. Every panel
+    has the same axes, ``[-limit, limit]`` in units of distance on the unit sphere (default: the
+    largest coordinate of all panels), so a shrinking cloud looks smaller. Returns the figure.
+    """
+    steps = sorted(runs[0].snapshots) if runs else []
+    if not steps or any(sorted(r.snapshots) != steps for r in runs):
+        raise ValueError("every run needs snapshots at the same steps (train_and_evaluate(..., snapshot_steps=...))")
+    xy = {(r.name, k): pca_2d(r.snapshots[k]) for r in runs for k in steps}
+    if limit is None:
+        limit = 1.05 * max(float(np.abs(v).max()) for v in xy.values())
+    fig, axes = plt.subplots(len(runs), len(steps), figsize=(2.3 * len(steps), 2.6 * len(runs) + 0.6), squeeze=False,
+                             layout="constrained")
+    y = np.asarray(labels)
+    for row, r in zip(axes, runs):
+        for ax, k in zip(row, steps):
+            points = xy[(r.name, k)]
+            ax.scatter(points[:, 0], points[:, 1], c=y, cmap="tab10", vmin=-0.5, vmax=9.5, s=5, linewidths=0)
+            ax.set(xlim=(-limit, limit), ylim=(-limit, limit), xticks=[], yticks=[], aspect="equal")
+            ax.set_title(f"step {k}: spread {spread(r.snapshots[k]):.2f}", fontsize=9)
+        row[0].set_ylabel(r.name, fontsize=10)
+    handles = [Line2D([], [], ls="", marker="o", color=plt.get_cmap("tab10")(c), label=str(c)) for c in range(10)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=10, fontsize=8, frameon=False, title="digit",
+               title_fontsize=8)
+    fig.suptitle(f"2 principal components of the normalised embeddings, every panel on the same scale "
+                 f"(±{limit:.2f})", fontsize=10)
     return fig
