@@ -3,21 +3,20 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
-from clcourse.encoders import SmallCNN
 from clcourse.grading import evaluate, tasks
 from clcourse.grading.lesson11_supcon import (
-    _mask_cases, _positive_mask_reference, _supcon_cases, _supcon_out_reference,
+    _gradient_cases,
+    _supcon_cases,
+    _supcon_gradients_reference,
+    _supcon_out_reference,
 )
 from clcourse.losses import supcon
-from clcourse.methods import SupCon
-from clcourse.methods.supcon import unlabelled_as_own_class
-
-from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
 
 def test_lesson_11_has_two_tasks():
-    assert [t.id for t in tasks(11)] == ["11.supcon_out", "11.positive_mask"]
+    assert [t.id for t in tasks(11)] == ["11.supcon_out", "11.supcon_gradients"]
 
 
 def test_supcon_reference_is_the_packages_l_out():
@@ -41,21 +40,22 @@ def _loss_from_mask(z_flat, mask, t):
     return per.mean()
 
 
-def test_positive_mask_reference_is_what_the_methods_loss_uses():
-    torch.manual_seed(0)
-    model = SupCon(SmallCNN(1, width=4, out_dim=12), projection_dim=6, hidden_dim=8, temperature=0.2)
-    for case in _mask_cases():
-        labels, v = case.args
-        views = [torch.rand(len(labels), 1, 8, 8) for _ in range(v)]
-        mask = _positive_mask_reference(labels, v)
-        assert mask.dtype == torch.bool and mask.shape == (v * len(labels),) * 2
-        if not mask.any():
-            continue  # no anchor has a positive: the package's loss refuses such a batch
-        z = model.project(torch.cat(views))  # view-major, as training_step flattens it
-        expected = _loss_from_mask(z, mask, 0.2)  # float32, another path than the package's: tolerances below
-        torch.testing.assert_close(expected, model.training_step((views, labels)), rtol=1e-5, atol=1e-5)
-        flat = unlabelled_as_own_class(labels).repeat(v)
-        torch.testing.assert_close(expected, supcon(z, flat, 0.2), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("case", _gradient_cases(), ids=lambda case: case.name)
+def test_gradient_reference_is_autograd_of_both_losses(case):
+    similarities, positives, t = case.args
+    s = similarities.clone().requires_grad_()
+    l_out = -(s / t).log_softmax(0)[positives].mean()
+    l_in = -(s / t).softmax(0)[positives].mean().log()
+    expected = [torch.autograd.grad(loss, s, retain_graph=True)[0] for loss in (l_out, l_in)]
+    for ours, theirs in zip(_supcon_gradients_reference(*case.args), expected):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_with_one_positive_both_gradients_are_nt_xents():
+    similarities, positives, t = _gradient_cases()[1].args
+    assert positives.sum() == 1
+    grad_out, grad_in = _supcon_gradients_reference(similarities, positives, t)
+    torch.testing.assert_close(grad_out, grad_in)
 
 
 # --- solutions a learner might write ---------------------------------------------------------
@@ -86,25 +86,23 @@ def supcon_loop_solution(z, labels, temperature=0.1):
     return torch.stack(losses).mean()
 
 
-def mask_solution(labels, n_views=2):
-    classes = labels.clone()
-    unlabelled = labels == -1
-    classes[unlabelled] = labels.max() + 1 + torch.arange(int(unlabelled.sum()))
-    flat = classes.repeat(n_views)
-    return (flat[:, None] == flat[None, :]) & ~torch.eye(len(flat), dtype=torch.bool)
+def gradients_solution(similarities, positives, temperature=0.1):
+    p = (similarities / temperature).softmax(0)
+    m = positives.double()
+    return (p - m / m.sum()) / temperature, (p - m * p / (m * p).sum()) / temperature
 
 
-def mask_image_id_solution(labels, n_views=2):
-    """Same class and labelled, or the same image (another view)."""
-    image = torch.arange(len(labels)).repeat(n_views)
-    flat = labels.repeat(n_views)
-    same = ((flat[:, None] == flat[None, :]) & (flat[:, None] >= 0)) | (image[:, None] == image[None, :])
-    return same & ~torch.eye(len(flat), dtype=torch.bool)
+def gradients_by_autograd(similarities, positives, temperature=0.1):
+    """Returns what autograd says instead of the derivation: the check runs answers in inference mode."""
+    s = similarities.detach().clone().requires_grad_()
+    l_out = -(s / temperature).log_softmax(0)[positives].mean()
+    l_in = -(s / temperature).softmax(0)[positives].mean().log()
+    return tuple(torch.autograd.grad(loss, s, retain_graph=True)[0] for loss in (l_out, l_in))
 
 
 @pytest.mark.parametrize("task_id, answer", [
     ("11.supcon_out", supcon_solution), ("11.supcon_out", supcon_loop_solution),
-    ("11.positive_mask", mask_solution), ("11.positive_mask", mask_image_id_solution),
+    ("11.supcon_gradients", gradients_solution),
 ])
 def test_correct_answers_pass(task_id, answer):
     result = evaluate(task_id, answer)
@@ -141,22 +139,13 @@ def sc(z, labels, t=0.1, *, norm=True, tpow=1, self_denominator=False, self_posi
     return out.detach() if detach else out
 
 
-def mask(labels, v=2, *, diagonal=False, minus_one="own", order="repeat", dtype=None, views=True,
-         labels_used=True):
-    classes = labels.clone()
-    unlabelled = labels == -1
-    if minus_one == "own":
-        classes[unlabelled] = labels.max() + 1 + torch.arange(int(unlabelled.sum()))
-    if not labels_used:
-        classes = torch.arange(len(labels))
-    flat = getattr(classes, order)(v) if views else classes
-    out = flat[:, None] == flat[None, :]
-    if minus_one == "nothing":
-        lab = (labels >= 0).repeat(v)
-        out = out & lab[:, None] & lab[None, :]
-    if not diagonal:
-        out = out & ~torch.eye(len(flat), dtype=torch.bool)
-    return out if dtype is None else out.to(dtype)
+def grads(s, positives, t=0.1, *, tpow=1, sign=1, out_pull="mean", in_pull="share", swap=False):
+    p = (s / t).softmax(0)
+    m = positives.double()
+    pull_out = m / m.sum() if out_pull == "mean" else m
+    pull_in = m * p / (m * p).sum() if in_pull == "share" else m / m.sum()
+    out, in_ = sign * (p - pull_out) / t**tpow, sign * (p - pull_in) / t**tpow
+    return (in_, out) if swap else (out, in_)
 
 
 WRONG = {
@@ -175,15 +164,15 @@ WRONG = {
         (lambda *a: sc(*a, lonely="keep"), "counted with loss 0"),
         (lambda *a: sc(*a, detach=True), "cut off"),
     ],
-    "11.positive_mask": [
-        (lambda *a: mask(*a, diagonal=True), "diagonal is kept"),
-        (lambda *a: mask(*a, minus_one="class"), "-1 was treated as a class"),
-        (lambda *a: mask(*a, minus_one="nothing"), "no positives at all"),
-        (lambda *a: mask(*a, order="repeat_interleave"), "image-major"),
-        (lambda *a: mask(*a, labels_used=False), "labels were ignored"),
-        (lambda *a: mask(*a, views=False), "one row per image"),
-        (lambda *a: mask(*a, dtype=torch.float32), "must be boolean"),
-        (lambda *a: mask(*a, dtype=torch.int64), "must be boolean"),
+    "11.supcon_gradients": [
+        (lambda *a: grads(*a, in_pull="mean"), "given as equal"),
+        (lambda *a: grads(*a, out_pull="sum"), "summed, not averaged"),
+        (lambda *a: grads(*a, tpow=0), "1/t is missing"),
+        (lambda *a: grads(*a, tpow=2), "appears twice"),
+        (lambda *a: grads(*a, sign=-1), "sign is flipped"),
+        (lambda *a: grads(*a, swap=True), "swapped"),
+        (lambda s, m, t=0.1: grads(s, m, t)[0], "expected a tuple"),
+        (gradients_by_autograd, "autograd switched off"),
     ],
 }
 

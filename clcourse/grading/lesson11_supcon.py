@@ -1,4 +1,4 @@
-"""Lesson 11 tasks: the supervised contrastive loss L_out, and its mask of positives with unlabelled images.
+"""Lesson 11 tasks: the supervised contrastive loss L_out, and a derivation of how L_out and L_in pull on positives.
 
 [1] Khosla et al., Supervised Contrastive Learning (SupCon), NeurIPS 2020.
 """
@@ -9,9 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from clcourse import losses
-from clcourse.grading.harness import Case, Mistake, compare_with_reference, keeps_gradient
+from clcourse.grading.harness import (
+    Case,
+    Mistake,
+    compare_with_reference,
+    keeps_gradient,
+)
 from clcourse.grading.registry import task
-from clcourse.methods.supcon import unlabelled_as_own_class
 
 # --- 11.supcon_out ---------------------------------------------------------------------------
 
@@ -131,87 +135,97 @@ def check_supcon_out(answer) -> None:
     )
 
 
-# --- 11.positive_mask ------------------------------------------------------------------------
+# --- 11.supcon_gradients ---------------------------------------------------------------------
 
 
-def _positive_mask_reference(labels: torch.Tensor, n_views: int = 2) -> torch.Tensor:
-    """The positives of clcourse.methods.SupCon's loss [1]: labels [N] (-1 = unlabelled) -> bool [V*N, V*N].
+def _supcon_gradients_reference(similarities, positives, temperature: float = 0.1):
+    """d loss / d s for one anchor, for L_out and for L_in [1, section 3.2]: similarities [M], positives bool [M].
 
-    Rows and columns are the V*N embeddings in view-major order, row v * N + i being view v of
-    image i (as clcourse.losses.supcon flattens z [N, V, D]). Entry (a, b) is True when a != b
-    and the images share a class, where every unlabelled image is a class of its own
-    (clcourse.methods.supcon.unlabelled_as_own_class): its positives are its other views.
+    With p = softmax(s / t) over the anchor's M candidates and P its positives,
+    L_out = -(1/|P|) sum_{p in P} log p_p  has gradient  (p_a - 1[a in P] / |P|) / t;
+    L_in  = -log((1/|P|) sum_{p in P} p_p)  has gradient  (p_a - 1[a in P] p_a / sum_{p in P} p_p) / t.
+    Returns (gradient of L_out, gradient of L_in), each [M] float64.
     """
-    flat = unlabelled_as_own_class(labels).repeat(n_views)
-    return (flat[:, None] == flat[None, :]) & ~torch.eye(len(flat), dtype=torch.bool)
+    s = torch.as_tensor(similarities, dtype=torch.float64)
+    mask = torch.as_tensor(positives, dtype=torch.bool)
+    p = (s / temperature).softmax(dim=0)
+    out = (p - mask.double() / mask.sum()) / temperature
+    in_ = (p - mask.double() * p / p[mask].sum()) / temperature
+    return out, in_
 
 
-def _mask_variant(labels, n_views=2, *, diagonal=False, unlabelled="own", order="view", views=True,
-                  use_labels=True):
-    n = len(labels)
-    if not use_labels:
-        classes = torch.arange(n)
-    elif unlabelled == "own":
-        classes = unlabelled_as_own_class(labels)
-    else:
-        classes = labels
-    flat = (classes.repeat(n_views) if order == "view" else classes.repeat_interleave(n_views)) if views else classes
-    mask = flat[:, None] == flat[None, :]
-    if unlabelled == "none":
-        lab = (labels >= 0).repeat(n_views) if views else labels >= 0
-        mask = mask & lab[:, None] & lab[None, :]
-    return mask if diagonal else mask & ~torch.eye(len(flat), dtype=torch.bool)
+def _gradient_variant(s, positives, t=0.1, *, t_power=1, sign=1, out_weights="mean", in_weights="share",
+                      swap=False):
+    s = torch.as_tensor(s, dtype=torch.float64)
+    mask = torch.as_tensor(positives, dtype=torch.bool).double()
+    p = (s / t).softmax(dim=0)
+    pull_out = {"mean": mask / mask.sum(), "sum": mask}[out_weights]
+    pull_in = {"share": mask * p / (mask * p).sum(), "mean": mask / mask.sum()}[in_weights]
+    out, in_ = (sign * (p - pull_out) / t**t_power, sign * (p - pull_in) / t**t_power)
+    return (in_, out) if swap else (out, in_)
 
 
-_MASK_MISTAKES = [
-    Mistake("The diagonal is kept: an embedding is not its own positive, remove it with & ~torch.eye(M, "
-            "dtype=torch.bool).",
-            lambda *a: _mask_variant(*a, diagonal=True)),
-    Mistake("-1 was treated as a class, so all unlabelled images are positives of each other: an unlabelled "
-            "image is a class of its own (clcourse.methods.supcon.unlabelled_as_own_class), its only "
-            "positives are its other views.",
-            lambda *a: _mask_variant(*a, unlabelled="class")),
-    Mistake("The unlabelled images got no positives at all: each is a class of its own, so its other views "
-            "are still its positives (the SimCLR term of semi-supervised SupCon).",
-            lambda *a: _mask_variant(*a, unlabelled="none")),
-    Mistake("The rows are in image-major order (labels.repeat_interleave(V)): the embeddings are view-major, "
-            "row v * N + i is view v of image i, so repeat the labels with labels.repeat(V).",
-            lambda *a: _mask_variant(*a, order="image")),
-    Mistake("The labels were ignored: only the other views of the same image are positives here (that is "
-            "SimCLR's mask); SupCon adds every embedding with the same label.",
-            lambda *a: _mask_variant(*a, use_labels=False)),
-    Mistake("That mask has one row per image: there is one row per embedding, M = n_views * N (each image "
-            "appears once per view).",
-            lambda *a: _mask_variant(*a, views=False)),
-    Mistake("The mask must be boolean (dtype torch.bool), not numbers: compare labels with == and combine "
-            "with & and ~, without .float() or .long().",
-            lambda *a: _positive_mask_reference(*a).float()),
-    Mistake("The mask must be boolean (dtype torch.bool), not numbers: compare labels with == and combine "
-            "with & and ~, without .float() or .long().",
-            lambda *a: _positive_mask_reference(*a).long()),
+_GRADIENT_MISTAKES = [
+    Mistake("The two gradients were given as equal: in L_in the 1/|P| sits inside the log, so each positive is "
+            "pulled by its share of the positives' softmax mass, p_a / sum_{p in P} p_p, not by 1/|P|.",
+            lambda s, m, t=0.1: _gradient_variant(s, m, t, in_weights="mean")),
+    Mistake("L_out's positives were summed, not averaged: L_out divides by |P|, so each positive's pull is "
+            "1/|P| (the pulls add up to 1, as the push p does).",
+            lambda s, m, t=0.1: _gradient_variant(s, m, t, out_weights="sum")),
+    Mistake("The factor 1/t is missing: the logits are s / t, so the chain rule brings d(s/t)/ds = 1/t.",
+            lambda s, m, t=0.1: _gradient_variant(s, m, t, t_power=0)),
+    Mistake("The temperature appears twice (1/t^2): the softmax already uses s / t, and the chain rule adds one "
+            "more 1/t, not two.",
+            lambda s, m, t=0.1: _gradient_variant(s, m, t, t_power=2)),
+    Mistake("The sign is flipped: gradient descent moves s against the gradient, and it must raise the "
+            "positives' similarities, so their entries are negative (p_a minus the pull).",
+            lambda s, m, t=0.1: _gradient_variant(s, m, t, sign=-1)),
+    Mistake("The two gradients are swapped: return (gradient of L_out, gradient of L_in), in that order.",
+            lambda s, m, t=0.1: _gradient_variant(s, m, t, swap=True)),
 ]
 
 
-def _mask_cases() -> list[Case]:
-    def y(*values):
-        return torch.tensor(values)
+def _gradient_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(111)
 
+    def anchor(m, n_pos, spread=0.5):
+        s = (torch.rand(m, generator=g, dtype=torch.float64) * 2 - 1) * spread
+        mask = torch.zeros(m, dtype=torch.bool)
+        mask[torch.randperm(m, generator=g)[:n_pos]] = True
+        return s, mask
+
+    one_positive = anchor(6, 1)
     return [
-        Case("N=4 labelled images [0, 1, 0, 2], n_views=2", (y(0, 1, 0, 2), 2)),
-        Case("N=6 images [0, -1, 1, -1, 0, 1] (two unlabelled), n_views=2", (y(0, -1, 1, -1, 0, 1), 2)),
-        Case("N=5 images [2, -1, 2, 7, -1], n_views=3", (y(2, -1, 2, 7, -1), 3)),
-        Case("N=4 images [-1, 0, 0, -1], n_views=1 (one view: an unlabelled image has no positive)",
-             (y(-1, 0, 0, -1), 1)),
-        Case("N=3 images, all unlabelled [-1, -1, -1], n_views=2 (SimCLR's positives)", (y(-1, -1, -1), 2)),
-        Case("N=5 images [3, 3, 3, 3, 3], n_views=2", (y(3, 3, 3, 3, 3), 2)),
+        Case("M = 8 candidates, 3 positives, t = 0.1", (*anchor(8, 3), 0.1)),
+        Case("M = 6, a single positive (both losses are NT-Xent's), t = 0.5", (*one_positive, 0.5)),
+        Case("M = 50, 12 positives, t = 0.07", (*anchor(50, 12, 0.9), 0.07)),
+        Case("M = 5, every candidate a positive, t = 1.0", (*anchor(5, 5), 1.0)),
+        Case("M = 511, 50 positives (a batch of 256, 10 classes), t = 0.1", (*anchor(511, 50), 0.1)),
     ]
 
 
-@task("11.positive_mask", "SupCon's boolean mask of positives over V views, -1 = unlabelled (own class)")
-def check_positive_mask(answer) -> None:
-    """Compare with the positives clcourse.methods.SupCon's loss uses (view-major, unlabelled_as_own_class)."""
+_NO_AUTOGRAD = ("The check runs your function with autograd switched off (inference mode): the task is to derive "
+                "the gradients and return them from your formulas. Use autograd beside it, in your own cell, to "
+                "check the formulas.")
+
+
+@task("11.supcon_gradients", "derive: the gradient of L_out and of L_in with respect to one anchor's similarities",
+      2)
+def check_supcon_gradients(answer) -> None:
+    """Compare with the derived gradients (equal to autograd's), on anchors the lesson does not print.
+
+    The answer runs in inference mode, where autograd records nothing: the task is the derivation.
+    """
+
+    def without_autograd(*args):
+        with torch.inference_mode():
+            return answer(*args)
+
     compare_with_reference(
-        answer, _mask_cases(), _positive_mask_reference, _MASK_MISTAKES,
-        generic_hint="Give each -1 a fresh class id (e.g. max(labels) + 1 + arange), flat = classes.repeat(V); "
-                     "mask = (flat[:, None] == flat[None, :]) & ~torch.eye(V * N, dtype=torch.bool).",
+        without_autograd if callable(answer) else answer, _gradient_cases(), _supcon_gradients_reference, _GRADIENT_MISTAKES,
+        generic_hint="Write each loss with log-softmax over s / t and differentiate: d log p_j / d s_a = "
+                     "(1[a = j] - p_a) / t. Check your formula against torch.autograd.grad on a small anchor.",
+        error_hints=[("does not require grad", _NO_AUTOGRAD), ("inference", _NO_AUTOGRAD),
+                     ("inference tensor", _NO_AUTOGRAD)],
+        hint_needs_every_case=True,
     )
