@@ -3,31 +3,35 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
-from clcourse.encoders import ProjectionHead, SmallCNN
 from clcourse.evaluate import knn_accuracy
 from clcourse.grading import evaluate, tasks
-from clcourse.grading.lesson06_simclr import _knn_cases, _knn_reference, _simclr_step_reference, _step_cases
+from clcourse.grading.lesson06_simclr import (
+    _knn_cases,
+    _knn_reference,
+    _pair_cases,
+    _pair_gradient_reference,
+)
 from clcourse.losses import nt_xent
-from clcourse.methods import SimCLR
-
-from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
 
 def test_lesson_06_has_two_tasks():
-    assert [t.id for t in tasks(6)] == ["06.simclr_step", "06.knn_predict"]
+    assert [t.id for t in tasks(6)] == ["06.pair_gradient", "06.knn_predict"]
 
 
-def test_simclr_step_reference_is_the_methods_training_step():
-    torch.manual_seed(0)
-    model = SimCLR(SmallCNN(1, width=4, out_dim=12), projection_dim=6, hidden_dim=16, temperature=0.3)
-    x1, x2 = torch.rand(2, 8, 1, 8, 8)
-    # float32 through two different paths (plain ops against the custom autograd NT-Xent): about 100 ulps
-    torch.testing.assert_close(_simclr_step_reference(model.encoder, model.projector, x1, x2, 0.3),
-                               model.training_step(([x1, x2], None)), rtol=1e-5, atol=1e-5)
-    for case in _step_cases():
-        encoder, projector = case.args[:2]
-        assert isinstance(encoder, SmallCNN) and isinstance(projector, ProjectionHead) and encoder.training
+@pytest.mark.parametrize("case", _pair_cases(), ids=lambda case: case.name)
+def test_pair_gradient_is_autograd_through_the_packages_nt_xent(case):
+    """One variable per pair: the autograd gradient of nt_xent with respect to S, plus its transpose."""
+    z1, z2, t = case.args
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    similarities = (z @ z.T).requires_grad_()
+    n2 = len(z)
+    logits = (similarities / t).masked_fill(torch.eye(n2, dtype=torch.bool), float("-inf"))
+    loss = F.cross_entropy(logits, (torch.arange(n2) + n2 // 2) % n2)
+    torch.testing.assert_close(loss, nt_xent(z1, z2, t))
+    (gradient,) = torch.autograd.grad(loss, similarities)
+    torch.testing.assert_close(_pair_gradient_reference(*case.args), (gradient + gradient.T).fill_diagonal_(0))
 
 
 def test_knn_reference_is_the_prediction_inside_knn_accuracy():
@@ -41,9 +45,13 @@ def test_knn_reference_is_the_prediction_inside_knn_accuracy():
 
 # --- solutions a learner might write ---------------------------------------------------------
 
-def step_solution(encoder, projector, x1, x2, temperature=0.5):
-    z1, z2 = projector(encoder(torch.cat([x1, x2]))).chunk(2)
-    return nt_xent(z1, z2, temperature)
+def pair_solution(z1, z2, temperature=0.5):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = len(z1)
+    p = (z @ z.T / temperature).fill_diagonal_(-torch.inf).softmax(1)
+    y = torch.eye(2 * n).roll(n, dims=1)
+    g = (p - y) / (2 * n * temperature)
+    return (g + g.T).fill_diagonal_(0)
 
 
 def knn_loop_solution(train_x, train_y, test_x, k=20, temperature=0.07):
@@ -55,7 +63,7 @@ def knn_loop_solution(train_x, train_y, test_x, k=20, temperature=0.07):
     return scores.argmax(1)
 
 
-@pytest.mark.parametrize("task_id, answer", [("06.simclr_step", step_solution), ("06.knn_predict", knn_loop_solution)])
+@pytest.mark.parametrize("task_id, answer", [("06.pair_gradient", pair_solution), ("06.knn_predict", knn_loop_solution)])
 def test_correct_answers_pass(task_id, answer):
     result = evaluate(task_id, answer)
     assert result.passed, result.message
@@ -63,22 +71,20 @@ def test_correct_answers_pass(task_id, answer):
 
 # --- typical wrong answers: each must fail with a hint naming the mistake --------------------
 
-def step(encoder, projector, x1, x2, temperature=0.5, *, head=True, together=True, second=None, mode=None,
-         detach=False, t=None, norm_h=False):
-    if mode == "eval":
-        encoder.eval()
-        projector.eval()
-    x2 = x1 if second == "x1" else x2
-
-    def g_f(x):
-        h = encoder(x)
-        h = F.normalize(h, dim=1) if norm_h else h
-        return projector(h) if head else h
-
-    z1, z2 = g_f(torch.cat([x1, x2])).chunk(2) if together else (g_f(x1), g_f(x2))
-    if detach:
-        z1, z2 = z1.detach(), z2.detach()
-    return nt_xent(z1, z2, temperature if t is None else t)
+def pair(z1, z2, t=0.5, *, both=True, mean=True, tpow=1, sign=1, pull=True, mask=True, by_autograd=False):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n2 = len(z)
+    if by_autograd:
+        s = (z @ z.T).requires_grad_()
+        logits = (s / t).masked_fill(torch.eye(n2, dtype=torch.bool), float("-inf"))
+        (g,) = torch.autograd.grad(F.cross_entropy(logits, (torch.arange(n2) + n2 // 2) % n2), s)
+        return (g + g.T).fill_diagonal_(0)
+    logits = z @ z.T / t
+    p = (logits.fill_diagonal_(-torch.inf) if mask else logits).softmax(1)
+    y = torch.eye(n2, dtype=p.dtype).roll(n2 // 2, dims=1)
+    g = sign * (p - (y if pull else 0)) / t**tpow / (n2 if mean else 1)
+    g = g + g.T if both else g
+    return g.fill_diagonal_(0) if mask else g
 
 
 def knn(train_x, train_y, test_x, k=20, temperature=0.07, *, norm=True, weight="exp", largest=True, clamp=True,
@@ -95,15 +101,15 @@ def knn(train_x, train_y, test_x, k=20, temperature=0.07, *, norm=True, weight="
 
 
 WRONG = {
-    "06.simclr_step": [
-        (lambda f, g, a, b, t=0.5: step(f, g, a, b, t, head=False), "not the projections"),
-        (lambda f, g, a, b, t=0.5: step(f, g, a, b, t, together=False), "separate passes"),
-        (lambda f, g, a, b, t=0.5: step(f, g, a, b, t, mode="eval"), "eval mode"),
-        (lambda f, g, a, b, t=0.5: step(f, g, a, b, t, second="x1"), "first view x1"),
-        (lambda f, g, a, b, t=0.5: step(f, g, a, b, t, t=0.5), "temperature argument is ignored"),
-        (lambda f, g, a, b, t=0.5: step(f, g, a, b, t, norm_h=True), "normalised before the projection head"),
-        (lambda f, g, a, b, t=0.5: step(f, g, a, b, t, detach=True), "cut off"),
-        (lambda f, g, a, b, t=0.5: step(f, g, a, b, t).item(), "don't call .item()"),
+    "06.pair_gradient": [
+        (lambda *a: pair(*a, both=False), "Only anchor i's row"),
+        (lambda *a: pair(*a, mean=False), "1/(2N) of the mean"),
+        (lambda *a: pair(*a, tpow=0), "1/t is missing"),
+        (lambda *a: pair(*a, tpow=2), "appears twice"),
+        (lambda *a: pair(*a, sign=-1), "sign is flipped"),
+        (lambda *a: pair(*a, pull=False), "pull is missing"),
+        (lambda *a: pair(*a, mask=False), "anchor itself was left"),
+        (lambda *a: pair(*a, by_autograd=True), "autograd switched off"),
     ],
     "06.knn_predict": [
         (lambda *a: knn(*a, norm=False), "not L2-normalised"),

@@ -1,110 +1,100 @@
-"""Lesson 06 tasks: one SimCLR training step (views -> encoder -> head -> NT-Xent), and weighted kNN prediction."""
+"""Lesson 06 tasks: NT-Xent's gradient with respect to every pair's similarity (a derivation), and weighted kNN."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from clcourse import losses
-from clcourse.encoders import ProjectionHead, SmallCNN
 from clcourse.grading.harness import Case, Mistake, compare_with_reference
 from clcourse.grading.registry import task
 
-# --- 06.simclr_step --------------------------------------------------------------------------
+# --- 06.pair_gradient ------------------------------------------------------------------------
 
 
-def _simclr_step_reference(encoder, projector, x1, x2, temperature=0.5):
-    """What clcourse.methods.SimCLR.training_step computes: one pass over both views, then NT-Xent."""
-    z1, z2 = projector(encoder(torch.cat([x1, x2]))).chunk(2)
-    return losses.nt_xent(z1, z2, temperature)
+def _pair_gradient_reference(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """dL/ds_ij of NT-Xent for every pair of the 2N views, s_ij = s_ji the cosine similarity of views i and j.
+
+    With P the row-softmax of the masked logits s / t and Y the positives (j = i + N mod 2N), anchor i's loss
+    gives (P_ij - Y_ij) / (2N t) to s_ij and anchor j's gives (P_ji - Y_ji) / (2N t): the similarity appears in
+    both rows, so G = R + R^T with R = (P - Y) / (2N t); the diagonal (no pair) is 0. Returns [2N, 2N].
+    """
+    return _pair_variant(z1, z2, temperature)
 
 
-def _step_variant(encoder, projector, x1, x2, temperature=0.5, *, head=True, one_pass=True, train=True,
-                  second=None, normalize_h=False, t=None):
-    encoder.train(train)
-    projector.train(train)
-    x2 = x1 if second == "x1" else x2
-
-    def project(x):
-        h = encoder(x)
-        if normalize_h:
-            h = F.normalize(h, dim=1)
-        return projector(h) if head else h
-
-    if one_pass:
-        z1, z2 = project(torch.cat([x1, x2])).chunk(2)
-    else:
-        z1, z2 = project(x1), project(x2)
-    return losses.nt_xent(z1, z2, temperature if t is None else t)
+def _pair_variant(z1, z2, t=0.5, *, symmetric=True, mean=True, t_power=1, sign=1, pull=True, mask_self=True):
+    z = F.normalize(torch.cat([z1, z2]).double(), dim=1)
+    n2 = len(z)
+    logits = z @ z.T / t
+    if mask_self:
+        logits = logits.masked_fill(torch.eye(n2, dtype=torch.bool), float("-inf"))
+    p = logits.softmax(dim=1)
+    y = torch.zeros(n2, n2, dtype=torch.float64)
+    y[torch.arange(n2), (torch.arange(n2) + n2 // 2) % n2] = 1.0
+    rows = sign * (p - (y if pull else 0)) / t**t_power
+    if mean:
+        rows = rows / n2
+    gradient = rows + rows.T if symmetric else rows
+    return gradient.fill_diagonal_(0.0) if mask_self else gradient
 
 
-_STEP_MISTAKES = [
-    Mistake("The loss sees the representations h = f(x), not the projections z = g(h): pass the encoder's "
-            "output through the projection head first (the head exists for the loss; it is dropped afterwards).",
-            lambda f, g, x1, x2, t=0.5: _step_variant(f, g, x1, x2, t, head=False)),
-    Mistake("The two views went through the networks in two separate passes, so BatchNorm normalised each view "
-            "with its own statistics. SimCLR encodes both in one pass, torch.cat([x1, x2]), so that BatchNorm "
-            "sees all 2N images (as clcourse.methods.SimCLR does); then split z with .chunk(2).",
-            lambda f, g, x1, x2, t=0.5: _step_variant(f, g, x1, x2, t, one_pass=False)),
-    Mistake("The networks ran in eval mode (BatchNorm used its running statistics): a training step runs "
-            "in training mode. Do not call .eval() inside the step.",
-            lambda f, g, x1, x2, t=0.5: _step_variant(f, g, x1, x2, t, train=False)),
-    Mistake("Both projections come from the first view x1: the positive pairs must be (view 1, view 2) "
-            "of the same image.",
-            lambda f, g, x1, x2, t=0.5: _step_variant(f, g, x1, x2, t, second="x1")),
-    Mistake("The temperature argument is ignored (0.5 was used): pass `temperature` on to the loss.",
-            lambda f, g, x1, x2, t=0.5: _step_variant(f, g, x1, x2, t, t=0.5)),
-    Mistake("h was L2-normalised before the projection head: the head takes the raw representation, "
-            "and only z is normalised (nt_xent does that itself).",
-            lambda f, g, x1, x2, t=0.5: _step_variant(f, g, x1, x2, t, normalize_h=True)),
+_PAIR_MISTAKES = [
+    Mistake("Only anchor i's row was counted: the similarity s_ij = s_ji appears in the loss of anchor i *and* in "
+            "the loss of anchor j, so its gradient is the sum of both, G = R + R^T.",
+            lambda z1, z2, t=0.5: _pair_variant(z1, z2, t, symmetric=False)),
+    Mistake("The 1/(2N) of the mean is missing: NT-Xent averages the 2N anchors' losses, so every term carries "
+            "1/(2N).",
+            lambda z1, z2, t=0.5: _pair_variant(z1, z2, t, mean=False)),
+    Mistake("The factor 1/t is missing: the logits are s / t, so the chain rule brings 1/t.",
+            lambda z1, z2, t=0.5: _pair_variant(z1, z2, t, t_power=0)),
+    Mistake("The temperature appears twice (1/t^2): the softmax already uses s / t and the chain rule adds one "
+            "1/t, not two.",
+            lambda z1, z2, t=0.5: _pair_variant(z1, z2, t, t_power=2)),
+    Mistake("The sign is flipped: the loss falls when a positive pair's similarity rises, so the positives' "
+            "entries are negative (the softmax weight minus the pull of 1).",
+            lambda z1, z2, t=0.5: _pair_variant(z1, z2, t, sign=-1)),
+    Mistake("The positives' pull is missing: -log p_pos contributes -1 at the positive besides the softmax's "
+            "+p to every candidate; without it every entry is a push.",
+            lambda z1, z2, t=0.5: _pair_variant(z1, z2, t, pull=False)),
+    Mistake("The anchor itself was left among the candidates: mask the diagonal (-inf) before the softmax; a "
+            "view's similarity with itself is always 1 and is not a pair, its entry is 0.",
+            lambda z1, z2, t=0.5: _pair_variant(z1, z2, t, mask_self=False)),
 ]
 
 
-def _networks(seed: int) -> tuple[SmallCNN, ProjectionHead]:
-    torch.manual_seed(seed)  # reproducible weights (check() restores the learner's RNG)
-    return SmallCNN(1, width=4, out_dim=12), ProjectionHead(12, hidden_dim=16, out_dim=6)
+def _pair_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(66)
 
+    def views(n, d=6, noise=0.5):
+        base = torch.randn(n, d, generator=g, dtype=torch.float64)
+        return (base + noise * torch.randn(n, d, generator=g, dtype=torch.float64),
+                base + noise * torch.randn(n, d, generator=g, dtype=torch.float64))
 
-def _step_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(60)
-
-    def views(n):
-        x = torch.rand(n, 1, 8, 8, generator=g)
-        return x, (x + 0.2 * torch.randn(n, 1, 8, 8, generator=g)).clamp(0, 1)
-
-    x = torch.rand(4, 1, 8, 8, generator=g)
     return [
-        Case("encoder SmallCNN(1, width=4, out_dim=12), projector ProjectionHead(12, 16, 6) in training mode, "
-             "N=8 views [8, 1, 8, 8], temperature=0.2", (*_networks(0), *views(8), 0.2)),
-        Case("the same kind of networks, N=4 views, temperature=0.1", (*_networks(1), *views(4), 0.1)),
-        Case("N=2 views (the smallest batch), temperature=1.0", (*_networks(2), *views(2), 1.0)),
-        Case("N=4 identical views x1 == x2, temperature=0.3", (*_networks(3), x, x.clone(), 0.3)),
+        Case("N = 3 pairs, D = 6, t = 0.5", (*views(3), 0.5)),
+        Case("N = 2 (the smallest batch), t = 1.0", (*views(2), 1.0)),
+        Case("N = 8 pairs, t = 0.1", (*views(8), 0.1)),
+        Case("N = 5 pairs with norms around 5 (normalise first), t = 0.2", (*(5 * v for v in views(5)), 0.2)),
     ]
 
 
-def _trains_both_networks(got, args, case):
-    """The loss must carry gradients to the encoder's and the projector's parameters."""
-    encoder, projector = args[0], args[1]
-    if not got.requires_grad:
-        return ("the loss is cut off from the networks' parameters",
-                "Training calls loss.backward() to update the encoder and the head: no torch.no_grad(), "
-                ".detach(), .item() or torch.tensor(...) of intermediate values.")
-    params = [p for p in [*encoder.parameters(), *projector.parameters()] if p.requires_grad]
-    grads = torch.autograd.grad(got, params, allow_unused=True)
-    if any(gr is None for gr in grads):
-        return ("some parameters of the encoder or the projector get no gradient",
-                "Compute z = projector(encoder(x)) with the networks you were given, for both views.")
-    return None
+_NO_AUTOGRAD = ("The check runs your function with autograd switched off (inference mode): derive the gradient and "
+                "compute it from your formula. Use autograd beside it, in your own cell, to check the formula.")
 
 
-@task("06.simclr_step", "one SimCLR step: both views through encoder and head in one pass, then NT-Xent", 2)
-def check_simclr_step(answer) -> None:
-    """Compare with clcourse.methods.SimCLR.training_step (one pass over cat[x1, x2], nt_xent of the halves)."""
+@task("06.pair_gradient", "derive: NT-Xent's gradient with respect to the similarity of every pair of views", 2)
+def check_pair_gradient(answer) -> None:
+    """Compare with the derived [2N, 2N] gradient on batches the lesson does not print, without autograd."""
+
+    def without_autograd(*args):
+        with torch.inference_mode():
+            return answer(*args)
+
     compare_with_reference(
-        answer, _step_cases(), _simclr_step_reference, _STEP_MISTAKES,
-        generic_hint="z = projector(encoder(torch.cat([x1, x2]))); z1, z2 = z.chunk(2); "
-                     "return nt_xent(z1, z2, temperature).",
-        properties=[_trains_both_networks],
+        without_autograd if callable(answer) else answer, _pair_cases(), _pair_gradient_reference, _PAIR_MISTAKES,
+        generic_hint="Anchor i's loss is -log softmax(s_i / t)[pos(i)]; its derivative with respect to s_ij is "
+                     "(P_ij - 1[j = pos(i)]) / t, times 1/(2N) for the mean; then add anchor j's share.",
+        error_hints=[("does not require grad", _NO_AUTOGRAD), ("inference", _NO_AUTOGRAD)],
+        hint_needs_every_case=True,
     )
 
 
