@@ -93,11 +93,10 @@ def _synthetic_notebook(path: Path) -> None:
                           metadata={"tags": ["setup"]})
     cells = [
         setup,
-        new_code_cell("def triplet_loss(a, p, n, margin=0.2):\n"
-                      "    a, p, n = (F.normalize(x, dim=1) for x in (a, p, n))\n"
-                      "    if len(a) == 0:\n        return a.sum() * 0\n"
-                      "    return F.relu((a - p).norm(dim=1) - (a - n).norm(dim=1) + margin).mean()"),
-        new_code_cell('check("05.triplet_loss", triplet_loss)'),
+        new_code_cell("def chord_margin(d_ap, cosine_margin):\n"
+                      "    d = torch.as_tensor(d_ap, dtype=torch.float64)\n"
+                      "    return torch.sqrt(d**2 + 2 * cosine_margin) - d"),
+        new_code_cell('check("05.chord_margin", chord_margin)'),
         new_code_cell("raise ValueError('broken on purpose')\ndef nt_xent(z1, z2, t=0.5):\n    return 0"),
         new_code_cell('check("03.nt_xent", nt_xent)'),
         new_code_cell("while True:\n    pass"),
@@ -119,11 +118,11 @@ def test_grader_survives_raising_hanging_and_killing_cells(tmp_path, capsys):
     assert main(["grade", str(notebook), "--timeout", "5", "--csv", str(csv_path), "--json", str(json_path)]) == 0
 
     table = capsys.readouterr().out
-    assert "04.false_negatives" in table and "total: 3/9 points" in table
+    assert "04.false_negatives" in table and "total: 4/10 points" in table
 
     rows = {r["task"]: r for r in csv.DictReader(csv_path.open())}
-    assert set(rows) == {"05.triplet_loss", "03.nt_xent", "03.temperature_for_share", "04.info_nce", "04.false_negatives"}
-    assert rows["05.triplet_loss"]["passed"] == "True" and rows["04.false_negatives"]["passed"] == "True"
+    assert set(rows) == {"05.chord_margin", "03.nt_xent", "03.temperature_for_share", "04.info_nce", "04.false_negatives"}
+    assert rows["05.chord_margin"]["passed"] == "True" and rows["04.false_negatives"]["passed"] == "True"
     assert "ValueError: broken on purpose" in rows["03.nt_xent"]["message"]
     assert "did not finish within 5 s" in rows["03.temperature_for_share"]["message"]
     assert "killed the kernel" in rows["04.info_nce"]["message"]
@@ -131,7 +130,7 @@ def test_grader_survives_raising_hanging_and_killing_cells(tmp_path, capsys):
 
     report = json.loads(json_path.read_text())
     (nb,) = report["notebooks"]
-    assert report["points"] == nb["points"] == 3 and report["max_points"] == nb["max_points"] == 9
+    assert report["points"] == nb["points"] == 4 and report["max_points"] == nb["max_points"] == 10
     assert len(nb["cell_errors"]) >= 3
     statuses = {t["task_id"]: t["status"] for t in nb["tasks"]}
     assert statuses["04.false_negatives"] == "passed" and statuses["04.info_nce"] == "no result"
@@ -144,9 +143,9 @@ def test_grade_reports_missing_notebooks(tmp_path, capsys):
 
 def test_check_output_is_shown_once_as_html():
     nb = new_notebook(cells=[new_code_cell(
-        "from clcourse.grading import check\ncheck('05.triplet_loss', lambda a, p, n, m=0.2: 1 / 0)")])
+        "from clcourse.grading import check\ncheck('05.chord_margin', lambda d_ap, m: 1 / 0)")])
     NotebookClient(nb, timeout=60, kernel_name="python3").execute()
     outputs = nb.cells[0].outputs
     assert [o.output_type for o in outputs] == ["display_data"]
     assert "ZeroDivisionError" in outputs[0].data["text/html"]
-    assert "05.triplet_loss: failed" in outputs[0].data["text/plain"]
+    assert "05.chord_margin: failed" in outputs[0].data["text/plain"]

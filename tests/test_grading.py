@@ -154,18 +154,6 @@ def false_negatives(b, probs, *, views=2, others=lambda b: b - 1, none=False, in
     return expected, no_false if none else 1 - no_false
 
 
-def triplet(a, p, n, m=0.2, *, norm=True, hinge=True, squared=False, sign=1, empty_guard=True):
-    if norm:
-        a, p, n = (F.normalize(x, dim=1) for x in (a, p, n))
-    if empty_guard and len(a) == 0:
-        return a.sum() * 0
-    d_ap, d_an = (a - p).norm(dim=1), (a - n).norm(dim=1)
-    if squared:
-        d_ap, d_an = d_ap ** 2, d_an ** 2
-    v = sign * (d_ap - d_an) + m
-    return (F.relu(v) if hinge else v).mean()
-
-
 def semi_hard(e, labels, m=0.2, *, upper=True, fallback=True, pick="nearest", self_pairs=False):
     x = F.normalize(e, dim=1)
     d = torch.cdist(x, x)
@@ -256,12 +244,14 @@ WRONG = {
         (lambda b, p: false_negatives(b, p)[0], "expected a tuple"),
         (lambda b, p: (2 * (b - 1) * sum(q**2 for q in p), 1 - (1 - max(p)) ** (b - 1)), "Condition on the anchor's class"),
     ],
-    "05.triplet_loss": [
-        (lambda a, p, n, m=0.2: triplet(a, p, n, m, norm=False), "not L2-normalised"),
-        (lambda a, p, n, m=0.2: triplet(a, p, n, m, hinge=False), "hinge is missing"),
-        (lambda a, p, n, m=0.2: triplet(a, p, n, m, squared=True), "squared distances"),
-        (lambda a, p, n, m=0.2: triplet(a, p, n, m, sign=-1), "swapped"),
-        (lambda a, p, n, m=0.2: triplet(a, p, n, m, empty_guard=False), "NaN"),
+    "05.chord_margin": [
+        (lambda d, m: 2 * m + 0 * torch.as_tensor(d), "squared* chords"),
+        (lambda d, m: math.sqrt(2 * m) + 0 * torch.as_tensor(d), "only for d(a, p) = 0"),
+        (lambda d, m: m + 0 * torch.as_tensor(d), "same number in both units"),
+        (lambda d, m: torch.sqrt(torch.as_tensor(d) ** 2 + m) - torch.as_tensor(d), "factor 2 is missing"),
+        (lambda d, m: torch.sqrt(torch.as_tensor(d) ** 2 + m / 2) - torch.as_tensor(d), "upside down"),
+        (lambda d, m: torch.as_tensor(d) - torch.sqrt((torch.as_tensor(d) ** 2 - 2 * m).clamp(min=0)), "below d(a, p)"),
+        (lambda d, m: (d * d + 2 * m) ** 0.5 - d if isinstance(d, float) else float("nan"), "expected shape"),
     ],
     "05.semi_hard": [
         (lambda e, l, m=0.2: semi_hard(e, l, m, pick="hardest"), "hardest negatives"),
@@ -327,11 +317,11 @@ def test_answer_that_modifies_its_input_is_caught():
 def test_check_prints_logs_and_renders(tmp_path, monkeypatch, capsys):
     log = tmp_path / "log.jsonl"
     monkeypatch.setenv(LOG_ENV, str(log))
-    result = check("05.triplet_loss", lambda a, p, n, m=0.2: triplet(a, p, n, m, hinge=False))
+    result = check("03.nt_xent", lambda z1, z2, t=0.5: ntx(z1, z2, t, tpow=2))
     assert isinstance(result, CheckResult) and not result.passed
     out = capsys.readouterr().out
-    assert "05.triplet_loss: failed" in out and "expected:" in out and "received:" in out and "hint:" in out
+    assert "03.nt_xent: failed" in out and "expected:" in out and "received:" in out and "hint:" in out
     html = result._repr_html_()
-    assert "05.triplet_loss" in html and "hinge" in html and "<table" in html
+    assert "03.nt_xent" in html and "applied twice" in html and "<table" in html
     entry = json.loads(log.read_text().splitlines()[-1])
-    assert entry["task_id"] == "05.triplet_loss" and entry["passed"] is False and entry["max_points"] == 1
+    assert entry["task_id"] == "03.nt_xent" and entry["passed"] is False and entry["max_points"] == 2

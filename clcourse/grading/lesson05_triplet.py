@@ -1,4 +1,4 @@
-"""Lesson 05 tasks: the triplet margin loss, and FaceNet's semi-hard negative mining."""
+"""Lesson 05 tasks: the chord margin that matches a cosine margin (a derivation), and FaceNet's semi-hard mining."""
 
 from __future__ import annotations
 
@@ -6,71 +6,98 @@ import torch
 import torch.nn.functional as F
 
 from clcourse import losses
-from clcourse.grading.harness import Case, Mistake, compare_with_reference, describe, keeps_gradient
+from clcourse.grading.harness import (
+    Case,
+    Mistake,
+    compare_with_reference,
+    describe,
+)
 from clcourse.grading.registry import task
 
-# --- 05.triplet_loss -------------------------------------------------------------------------
+# --- 05.chord_margin -------------------------------------------------------------------------
 
 
-def _triplet_variant(anchor, positive, negative, margin=0.2, *, normalize=True, squared=False,
-                     hinge=True, sign=1.0, reduction="mean"):
-    a, p, n = (F.normalize(x, dim=1) for x in (anchor, positive, negative)) if normalize else (
-        anchor, positive, negative)
-    d_ap, d_an = (a - p).norm(dim=1), (a - n).norm(dim=1)
-    if squared:
-        d_ap, d_an = d_ap ** 2, d_an ** 2
-    violation = sign * (d_ap - d_an) + margin
-    per_triplet = F.relu(violation) if hinge else violation
-    return per_triplet.sum() if reduction == "sum" else per_triplet.mean()
+def _chord_margin_reference(d_ap, cosine_margin):
+    """The margin in chord units that asks exactly as much of a triplet as ``cosine_margin`` in cosine units.
+
+    On the unit sphere the cosine distance is half the squared chord, c = d^2 / 2. A triplet with chord
+    distances d_ap, d_an is satisfied in cosine units when (d_an^2 - d_ap^2) / 2 >= m_cos, i.e. when
+    d_an >= sqrt(d_ap^2 + 2 m_cos), and in chord units when d_an >= d_ap + m. The margins agree when
+    m = sqrt(d_ap^2 + 2 m_cos) - d_ap, which depends on d_ap: no single chord margin matches a cosine margin.
+    d_ap: float or tensor [T] in [0, 2]; cosine_margin >= 0. Returns the same shape as d_ap (float64).
+    """
+    d = torch.as_tensor(d_ap, dtype=torch.float64)
+    return torch.sqrt(d**2 + 2 * cosine_margin) - d
 
 
-_TRIPLET_MISTAKES = [
-    Mistake("The embeddings are not L2-normalised: distances are measured on the unit sphere "
-            "(F.normalize(x, dim=1) first).",
-            lambda *a: _triplet_variant(*a, normalize=False)),
-    Mistake("The hinge is missing: a triplet that already satisfies the margin costs 0, "
-            "max(0, d(a, p) - d(a, n) + margin) (F.relu).",
-            lambda *a: _triplet_variant(*a, hinge=False)),
-    Mistake("Those are squared distances: use the Euclidean distance |a - p| (its square root).",
-            lambda *a: _triplet_variant(*a, squared=True)),
-    Mistake("The distances are swapped: the loss pushes d(a, p) below d(a, n), so the term is "
-            "d(a, p) - d(a, n) + margin.",
-            lambda *a: _triplet_variant(*a, sign=-1.0)),
-    Mistake("The triplet losses are summed: take their mean.",
-            lambda *a: _triplet_variant(*a, reduction="sum")),
+def _chord_variant(d_ap, m, *, kind):
+    d = torch.as_tensor(d_ap, dtype=torch.float64)
+    return {
+        "twice": 2 * m + 0 * d,
+        "root": torch.sqrt(torch.as_tensor(2 * m, dtype=torch.float64)) + 0 * d,
+        "same": m + 0 * d,
+        "no_two": torch.sqrt(d**2 + m) - d,
+        "half": torch.sqrt(d**2 + m / 2) - d,
+        "inverse": d - torch.sqrt(torch.clamp(d**2 - 2 * m, min=0)),
+    }[kind]
+
+
+_CHORD_MISTAKES = [
+    Mistake("2 m_cos is the margin on the *squared* chords (c = d^2 / 2); the chord margin is a difference of "
+            "chords: solve (d_an^2 - d_ap^2) / 2 = m_cos for d_an, then subtract d_ap.",
+            lambda d, m: _chord_variant(d, m, kind="twice")),
+    Mistake("sqrt(2 m_cos) is the chord margin only for d(a, p) = 0: the equivalent margin depends on d(a, p), "
+            "because the square root is not linear: sqrt(d_ap^2 + 2 m_cos) - d_ap.",
+            lambda d, m: _chord_variant(d, m, kind="root")),
+    Mistake("The same number in both units: a margin must be read together with its distance. In cosine units "
+            "the gap is measured on half the squared chords.",
+            lambda d, m: _chord_variant(d, m, kind="same")),
+    Mistake("The factor 2 is missing: c = d^2 / 2, so (d_an^2 - d_ap^2) / 2 >= m_cos means "
+            "d_an^2 >= d_ap^2 + 2 m_cos.",
+            lambda d, m: _chord_variant(d, m, kind="no_two")),
+    Mistake("The factor is upside down: c = d^2 / 2 turns a cosine gap m_cos into a gap of 2 m_cos in squared "
+            "chords, not m_cos / 2.",
+            lambda d, m: _chord_variant(d, m, kind="half")),
+    Mistake("The margin was measured below d(a, p) instead of above it: the negative must be farther, "
+            "d_an = sqrt(d_ap^2 + 2 m_cos) > d_ap.",
+            lambda d, m: _chord_variant(d, m, kind="inverse")),
 ]
 
 
-def _triplet_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(9)
-
-    def triplets(t, d, dtype=torch.float32, scale=1.0):
-        a = torch.randn(t, d, generator=g, dtype=torch.float64) * scale
-        return (a.to(dtype), (a + 0.7 * torch.randn(t, d, generator=g, dtype=torch.float64)).to(dtype),
-                (torch.randn(t, d, generator=g, dtype=torch.float64) * scale).to(dtype))
-
-    a, p, n = triplets(10, 8)
+def _chord_cases() -> list[Case]:
     return [
-        Case("T=10 random triplets that require gradients, D=8, margin=0.2",
-             (a.requires_grad_(), p, n, 0.2)),
-        Case("T=6 triplets with norms around 5 (not unit vectors), margin=0.5", (*triplets(6, 4, scale=5.0), 0.5)),
-        Case("T=8 triplets, margin=1.0 (most triplets violate it)", (*triplets(8, 6), 1.0)),
-        Case("T=1 triplet, margin=0.0", (*triplets(1, 3), 0.0)),
-        Case("T=5, float64 (keep the dtype), margin=0.3", (*triplets(5, 4, dtype=torch.float64), 0.3)),
-        Case("T=0 triplets (mining found none): the loss is 0, not NaN",
-             (torch.zeros(0, 4), torch.zeros(0, 4), torch.zeros(0, 4), 0.2)),
+        Case("d(a, p) = 0.5, cosine margin 0.1 (FaceNet's alpha = 0.2, halved)", (0.5, 0.1)),
+        Case("d(a, p) = 0 (anchor and positive coincide), cosine margin 0.1", (0.0, 0.1)),
+        Case("d(a, p) = 1.2, cosine margin 0.3", (1.2, 0.3)),
+        Case("d(a, p) = tensor([0.2, 0.8, 1.4]) (one margin per triplet), cosine margin 0.05",
+             (torch.tensor([0.2, 0.8, 1.4], dtype=torch.float64), 0.05)),
+        Case("d(a, p) = 0.9, cosine margin 0 (no margin in either unit)", (0.9, 0.0)),
     ]
 
 
-@task("05.triplet_loss", "the triplet margin loss on L2-normalised embeddings (FaceNet)")
-def check_triplet_loss(answer) -> None:
-    """Compare with clcourse.losses.triplet_margin (Euclidean distance)."""
+@task("05.chord_margin", "derive: the chord (Euclidean) margin that matches a cosine margin, per triplet", 2)
+def check_chord_margin(answer) -> None:
+    """Compare with sqrt(d_ap^2 + 2 m_cos) - d_ap on settings the lesson does not print."""
     compare_with_reference(
-        answer, _triplet_cases(), losses.triplet_margin, _TRIPLET_MISTAKES,
-        generic_hint="Normalise a, p, n; loss = mean over triplets of max(0, |a - p| - |a - n| + margin); "
-                     "with no triplets return a zero that stays in the graph (e.g. a.sum() * 0).",
-        properties=[keeps_gradient],
+        answer, _chord_cases(), _chord_margin_reference, _CHORD_MISTAKES,
+        generic_hint="Write both conditions on d_an: cosine units, (d_an^2 - d_ap^2) / 2 >= m_cos; chord units, "
+                     "d_an >= d_ap + m. Make them the same condition and solve for m.",
+        compare=_same_number,
+        hint_needs_every_case=True,
     )
+
+
+def _same_number(got, expected) -> str | None:
+    """Numbers and one-element or [T] tensors compare alike (a learner may return a float for a float d_ap)."""
+    try:
+        got = torch.as_tensor(got, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return f"expected a number or a tensor, got {type(got).__name__}"
+    if got.shape != expected.shape:
+        return f"expected shape {list(expected.shape)}, got {list(got.shape)}"
+    if not torch.allclose(got, expected, rtol=1e-5, atol=1e-7):  # float32 answers are welcome
+        return f"expected {expected.tolist()}, got {got.tolist()}"
+    return None
 
 
 # --- 05.semi_hard ----------------------------------------------------------------------------
