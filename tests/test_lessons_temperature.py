@@ -8,7 +8,18 @@ import torch
 
 from clcourse.data import ImageData
 from clcourse.encoders import SmallCNN
-from clcourse.lessons.temperature import TemperatureSweep, fit_circle_head, measure, results_table, tolerance
+from clcourse.lessons.temperature import (
+    Scores,
+    TemperatureSweep,
+    fit_circle_head,
+    mean_std,
+    measure,
+    measure_pixels,
+    results_table,
+    separated,
+    spread_table,
+    tolerance,
+)
 from clcourse.losses import nt_xent
 
 
@@ -118,3 +129,33 @@ def test_measure_returns_everything_the_explorer_needs(sweep):
     np.testing.assert_array_equal(again.labels, result.labels)
     table = results_table([result], {0.1: 1.234})
     assert "1.234" in table and "0.1" in table.splitlines()[2]
+
+
+def test_measure_without_circle_steps_fits_no_head(sweep):
+    data = tiny_data()
+    result = measure(sweep, 0.5, data, data, shift, umap=False, max_points=40, circle_steps=0)
+    np.testing.assert_array_equal(result.circle, np.zeros((40, 2)))
+    with_head = measure(sweep, 0.5, data, data, shift, umap=False, max_points=40, circle_steps=3)
+    assert (result.alignment, result.tolerance, result.knn) == (with_head.alignment, with_head.tolerance, with_head.knn)
+
+
+def test_measure_pixels_scores_the_flattened_images():
+    data = tiny_data()
+    scores = measure_pixels(data, data, shift, max_points=40)
+    assert 0 <= scores.linear_probe <= 1 and scores.knn == 1.0  # every test image is its own nearest neighbour
+    # pixels are >= 0: no negative cosine, so same-class images are at least orthogonal
+    assert 0 <= scores.tolerance <= 1 and scores.uniformity <= 0 and scores.alignment >= 0
+    assert measure_pixels(data, data, shift, max_points=40) == scores  # seeded views
+
+
+def test_mean_std_and_the_spread_rule():
+    runs = [Scores(0.1, -3.0, 0.2, 0.90, 0.95), Scores(0.3, -2.0, 0.4, 0.94, 0.97)]
+    assert mean_std(runs, "uniformity") == pytest.approx((-2.5, np.std([-3.0, -2.0], ddof=1)))
+    assert mean_std(runs, "linear_probe") == pytest.approx((92.0, np.std([90.0, 94.0], ddof=1)))  # accuracies in %
+    assert mean_std(runs[:1], "knn") == (95.0, 0.0)
+    far = [Scores(0.1, -1.0, 0.2, 0.5, 0.5)] * 2  # std 0, mean 1.5 above: beyond a spread of 0.71
+    assert separated(runs, far, "uniformity") and not separated(runs, runs[::-1], "uniformity")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        mean_std(runs, "accuracy")
+    table = spread_table({"a": runs, "pixels": runs[:1]})
+    assert "-2.50 ± 0.71" in table and "92.0 ± 2.8%" in table and "90.0%" in table

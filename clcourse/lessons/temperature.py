@@ -11,7 +11,10 @@ how Wang & Isola [2] draw what the loss does to a distribution of features (they
 encoders with 2-D outputs; a head on frozen features costs a second instead of a training run).
 
 `measure` evaluates one model: alignment and uniformity [2] and tolerance [3] of its projections,
-linear-probe and kNN accuracy of its encoder's features, a UMAP of them, and its circle.
+linear-probe and kNN accuracy of its encoder's features, a UMAP of them, and its circle;
+`measure_pixels` gives the same figures for the raw pixels (a baseline). `spread_table` and
+`separated` summarise several training seeds: mean +- std per row, and whether two rows differ by
+more than their spread.
 
 [1] Chen et al., A Simple Framework for Contrastive Learning of Visual Representations (SimCLR), ICML 2020.
 [2] Wang & Isola, Understanding Contrastive Representation Learning through Alignment and Uniformity
@@ -22,7 +25,8 @@ linear-probe and kNN accuracy of its encoder's features, a UMAP of them, and its
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,7 +41,19 @@ from clcourse.methods.simclr import SimCLR
 from clcourse.train import eval_mode
 from clcourse.viz.temperature import TemperatureResult
 
-__all__ = ["TemperatureSweep", "fit_circle_head", "tolerance", "measure", "results_table"]
+__all__ = [
+    "METRICS",
+    "Scores",
+    "TemperatureSweep",
+    "fit_circle_head",
+    "mean_std",
+    "measure",
+    "measure_pixels",
+    "results_table",
+    "separated",
+    "spread_table",
+    "tolerance",
+]
 
 
 class TemperatureSweep(nn.Module):
@@ -198,8 +214,10 @@ def measure(
         label_fraction: the linear probe's share of training labels (3 draws averaged).
         max_points: alignment, uniformity, tolerance, the circle and UMAP use at most this many test
             images (a fixed random subset): uniformity's pairwise terms grow as N^2.
-        umap: fit a UMAP of the test features (seconds; the first fit in a process also compiles).
-        circle_steps: training steps of the 2-D head (:func:`fit_circle_head`) whose outputs give the circle.
+        umap: fit a UMAP of the test features (seconds; the first fit in a process also compiles);
+            without it the UMAP coordinates are zeros.
+        circle_steps: training steps of the 2-D head (:func:`fit_circle_head`) whose outputs give the
+            circle; 0 fits no head and returns zeros for the circle (for a run that is only scored).
 
     Returns:
         a :class:`~clcourse.viz.temperature.TemperatureResult`. Alignment, uniformity and tolerance are
@@ -208,7 +226,7 @@ def measure(
     """
     model = sweep.model(temperature)
     model.eval()
-    circle = fit_circle_head(model.encoder, train, augment, temperature, seed=seed, steps=circle_steps)
+    circle = fit_circle_head(model.encoder, train, augment, temperature, seed=seed, steps=circle_steps) if circle_steps else None
     device = next(model.parameters()).device
     train_x, train_y = extract_features(model.encoder, train)
     test_x, test_y = extract_features(model.encoder, test)
@@ -222,7 +240,10 @@ def measure(
     geometry = alignment_uniformity(model.project(view1), model.project(view2))
     tol = tolerance(model.project(images), labels)
     features = test_x[subset]
-    on_circle = F.normalize(circle(features.to(device)).float(), dim=1).cpu().numpy()
+    if circle is None:
+        on_circle = np.zeros((len(features), 2), dtype=np.float32)
+    else:
+        on_circle = F.normalize(circle(features.to(device)).float(), dim=1).cpu().numpy()
     if umap:
         from clcourse.viz.projection import umap_2d
 
@@ -242,6 +263,53 @@ def measure(
     )
 
 
+@dataclass(frozen=True)
+class Scores:
+    """The figures :func:`measure` reports, for a baseline that has no temperature (see :func:`measure_pixels`).
+
+    alignment and uniformity [2], tolerance [3]; linear_probe and knn are accuracies in [0, 1].
+    """
+
+    alignment: float
+    uniformity: float
+    tolerance: float
+    linear_probe: float
+    knn: float
+
+
+@torch.no_grad()
+def measure_pixels(
+    train: ImageData,
+    test: ImageData,
+    augment: Callable[..., Tensor],
+    *,
+    seed: int = 0,
+    label_fraction: float = 0.1,
+    max_points: int = 2000,
+) -> Scores:
+    """:func:`measure`'s figures for the raw pixels, each image [C, H, W] flattened to one vector: a baseline.
+
+    The same test subset, views and probe draws as :func:`measure` with the same ``seed``; alignment,
+    uniformity and tolerance are taken on the L2-normalised pixel vectors (a different space from a
+    model's projections: pixels are >= 0, so no two images have a negative cosine).
+    """
+    train_x, test_x = train.images.flatten(1).float(), test.images.flatten(1).float()
+    probe = linear_probe(train_x, train.labels, test_x, test.labels, label_fraction=label_fraction)
+    knn = knn_accuracy(train_x, train.labels, test_x, test.labels)
+    generator = torch.Generator().manual_seed(seed)
+    subset = torch.randperm(len(test_x), generator=generator)[:max_points].sort().values
+    images, labels = test.images[subset], test.labels[subset]
+    view1, view2 = augment(images, generator=generator), augment(images, generator=generator)
+    geometry = alignment_uniformity(view1.flatten(1).float(), view2.flatten(1).float())
+    return Scores(
+        alignment=geometry["alignment"],
+        uniformity=geometry["uniformity"],
+        tolerance=tolerance(images.flatten(1), labels),
+        linear_probe=probe.mean,
+        knn=knn,
+    )
+
+
 def results_table(results: Sequence[TemperatureResult], final_loss: dict[float, float] | None = None) -> str:
     """A fixed-width table of the measurements, one row per temperature (accuracies in %)."""
     header = f"{'t':>5} | {'loss':>6} | {'alignment':>9} | {'uniformity':>10} | {'tolerance':>9} | {'probe':>6} | {'kNN':>6}"
@@ -253,3 +321,55 @@ def results_table(results: Sequence[TemperatureResult], final_loss: dict[float, 
             f"{100 * r.linear_probe:5.1f}% | {100 * r.knn:5.1f}%"
         )
     return "\n".join(lines)
+
+
+# The figures of a row, with how to print them: accuracies in % (also in :func:`mean_std`), the rest as measured.
+METRICS = {"alignment": "{:.3f}", "uniformity": "{:.2f}", "tolerance": "{:.2f}", "linear_probe": "{:.1f}%", "knn": "{:.1f}%"}
+_PERCENT = ("linear_probe", "knn")
+
+
+def mean_std(runs: Sequence, metric: str) -> tuple[float, float]:
+    """Mean and sample standard deviation of ``metric`` over ``runs`` (one result per training seed).
+
+    Args:
+        runs: objects with the attribute ``metric`` (:class:`~clcourse.viz.temperature.TemperatureResult`,
+            :class:`Scores`); accuracies are returned in %.
+
+    Returns:
+        (mean, std); std is 0.0 for a single run.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    if len(runs) == 0:
+        raise ValueError("runs must hold at least one result")
+    scale = 100.0 if metric in _PERCENT else 1.0
+    values = np.array([scale * getattr(run, metric) for run in runs], dtype=np.float64)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def spread_table(rows: Mapping[str, Sequence]) -> str:
+    """A fixed-width table, one row per entry of ``rows`` (name -> its runs), of mean +- std over the runs.
+
+    A row with a single run prints its values without a spread.
+    """
+    width = max(len(name) for name in rows)
+    labels = {"linear_probe": "probe", "knn": "kNN"}
+    header = f"{'':<{width}} | " + " | ".join(f"{labels.get(metric, metric):>15}" for metric in METRICS)
+    lines = [header, "-" * len(header)]
+    for name, runs in rows.items():
+        cells = []
+        for metric, fmt in METRICS.items():
+            mean, std = mean_std(runs, metric)
+            text = fmt.format(mean) if len(runs) == 1 else f"{fmt.format(mean).rstrip('%')} ± {fmt.format(std)}"
+            cells.append(f"{text:>15}")
+        lines.append(f"{name:<{width}} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def separated(a: Sequence, b: Sequence, metric: str) -> bool:
+    """Whether the means of ``metric`` over runs ``a`` and ``b`` differ by more than the sum of their stds.
+
+    A deliberately simple, conservative reading of "exceeds the spread" for a handful of seeds.
+    """
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a, metric), mean_std(b, metric)
+    return abs(mean_a - mean_b) > std_a + std_b
