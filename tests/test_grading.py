@@ -80,15 +80,19 @@ class ReluBeforeBN(nn.Module):
         return self.fc2(self.bn(F.relu(self.fc1(x))))
 
 
-def features(model, x, bs, *, fn="encoder", eval_mode=True, no_grad=True, restore=True, drop_last=False):
-    was = model.training
-    model.train(not eval_mode)
-    stop = len(x) - len(x) % bs if drop_last else len(x)
-    with torch.set_grad_enabled(not no_grad):
-        out = torch.cat([getattr(model, fn)(x[i:i + bs]) for i in range(0, stop, bs)])
-    if restore:
-        model.train(was)
-    return out
+def unseen(w, h, *, centre=True, gram=False, squared=True, qr=False):
+    h = h - h.mean(0) if centre else h
+    if gram:
+        p = w.T @ w
+    elif qr:  # an orthonormal basis of W^T's columns by QR: one column too many when W's rows are dependent
+        q, _ = torch.linalg.qr(w.T)
+        p = q @ q.T
+    else:
+        _, singular, vh = torch.linalg.svd(w, full_matrices=False)
+        basis = vh[singular > singular.max() * 1e-10]
+        p = basis.T @ basis
+    left = h - h @ p
+    return float((left.norm() / h.norm()) ** (2 if squared else 1))
 
 
 def ntx(z1, z2, t=0.5, *, norm=True, diag=float("-inf"), targets=None, tpow=1, first_only=False, reduce="mean"):
@@ -197,12 +201,13 @@ WRONG = {
         (lambda i, h, o: nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, h)),
          "[batch, out_dim]"),
     ],
-    "02.features": [
-        (lambda m, x, bs: features(m, x, bs, fn="project"), "projections"),
-        (lambda m, x, bs: features(m, x, bs, eval_mode=False), "model.eval()"),
-        (lambda m, x, bs: features(m, x, bs, no_grad=False), "torch.no_grad()"),
-        (lambda m, x, bs: features(m, x, bs, restore=False), "was_training"),
-        (lambda m, x, bs: features(m, x, bs, drop_last=True), "partial batch"),
+    "02.unseen_variance": [
+        (lambda w, h: 1 - unseen(w, h), "*sees*"),
+        (lambda w, h: unseen(w, h, centre=False), "not centred"),
+        (lambda w, h: unseen(w, h, gram=True), "not a projector"),
+        (lambda w, h: 1 - float(torch.linalg.matrix_rank(w)) / w.shape[1], "counts dimensions"),
+        (lambda w, h: unseen(w, h, squared=False), "ratio of norms"),
+        (lambda w, h: unseen(w, h, qr=True), "orthonormal basis"),
     ],
     "03.nt_xent": [
         (lambda z1, z2, t=0.5: ntx(z1, z2, t, norm=False), "not L2-normalised"),

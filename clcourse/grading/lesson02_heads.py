@@ -1,4 +1,4 @@
-"""Lesson 02 tasks: the SimCLR projection head, and features taken before the head."""
+"""Lesson 02 tasks: the SimCLR projection head, and how much of the features a linear head cannot see (a derivation)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import copy
 import torch
 from torch import nn
 
-from clcourse.encoders import MLP, ProjectionHead
-from clcourse.evaluate import extract_features
+from clcourse.encoders import ProjectionHead
 from clcourse.grading.harness import (
-    Case, Failure, Mistake, call_answer, compare_with_reference, describe, first_difference,
+    Case,
+    Failure,
+    Mistake,
+    call_answer,
+    compare_with_reference,
+    describe,
+    first_difference,
 )
 from clcourse.grading.registry import task
 
@@ -96,91 +101,92 @@ def _compare_with_package(head: nn.Module, x: torch.Tensor, y: torch.Tensor, cas
                       expected=describe(expected), received=describe(y), hint=hint)
 
 
-# --- 02.features -----------------------------------------------------------------------------
-
-class _EncoderWithHead(nn.Module):
-    """The shape of a SimCLR model: ``.encoder`` (f) and ``.projector`` (g); ``project`` = g(f(x))."""
-
-    def __init__(self, in_dim: int = 10, rep_dim: int = 12, proj_dim: int = 4):
-        super().__init__()
-        self.encoder = MLP(in_dim, (16,), rep_dim)
-        self.projector = ProjectionHead(rep_dim, rep_dim, proj_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(x))
+# --- 02.unseen_variance -----------------------------------------------------------------------
 
 
-def _trained_model(training: bool) -> _EncoderWithHead:
-    """A model whose BatchNorm running statistics differ clearly from one batch's statistics."""
-    g = torch.Generator().manual_seed(4)
-    torch.manual_seed(4)  # reproducible weights (check() restores the learner's RNG)
-    model = _EncoderWithHead()
-    with torch.no_grad():
-        for _ in range(20):
-            model.project(torch.randn(32, 10, generator=g) * 2 + 1)
-    return model.train(training)
+def _row_space_projector(weight: torch.Tensor) -> torch.Tensor:
+    """[in, in] orthogonal projector onto the row space of ``weight`` [out, in] (rank-deficient allowed)."""
+    u, singular, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+    rank = int((singular > singular.max() * max(weight.shape) * torch.finfo(torch.float64).eps).sum())
+    basis = vh[:rank]
+    return basis.T @ basis
 
 
-def _features_reference(model, images, batch_size):
-    return extract_features(model.encoder, images, batch_size=batch_size)[0]
+def _unseen_variance_reference(weight: torch.Tensor, features: torch.Tensor) -> float:
+    """Share of the centred features' total variance that a linear head z = W h cannot see.
+
+    z depends on h only through its projection onto the row space of W [out, in]; the rest of h, its part in
+    W's null space, changes nothing in z. Returns ||H_c (I - P)||_F^2 / ||H_c||_F^2 for the centred features
+    H_c [N, in] and P the orthogonal projector onto the row space: 0 when the head sees everything, 1 when nothing.
+    """
+    centred = features.double() - features.double().mean(dim=0)
+    unseen = centred - centred @ _row_space_projector(weight)
+    return float(unseen.pow(2).sum() / centred.pow(2).sum())
 
 
-def _features_variant(model, images, batch_size, *, fn="encoder", train=False, drop_last=False):
-    model.train(train)
-    n = len(images) - len(images) % batch_size if drop_last else len(images)
-    with torch.no_grad():
-        parts = [getattr(model, fn)(images[i:i + batch_size]) for i in range(0, n, batch_size)]
-    return torch.cat(parts) if parts else images.new_zeros(0, model.encoder.out_dim)
+def _unseen_variant(weight, features, *, centre=True, seen=False, projector="orthogonal", squared=True,
+                    by_dimension=False):
+    w, h = weight.double(), features.double()
+    if by_dimension:
+        rank = torch.linalg.matrix_rank(w)
+        return float(1 - rank / w.shape[1])
+    h = h - h.mean(dim=0) if centre else h
+    p = _row_space_projector(w) if projector == "orthogonal" else w.T @ w
+    part = h @ p if seen else h - h @ p
+    power = 2 if squared else 1
+    return float(part.norm() ** power / h.norm() ** power)
 
 
-_FEATURE_MISTAKES = [
-    Mistake("Those are projections z = g(f(x)), after the head. The features for downstream tasks are "
-            "the encoder's output h = f(x) (model.encoder, or model(x)).",
-            lambda m, x, bs: _features_variant(m, x, bs, fn="project")),
-    Mistake("The model ran in training mode, so BatchNorm used each batch's statistics. "
-            "Call model.eval() before encoding.",
-            lambda m, x, bs: _features_variant(m, x, bs, train=True)),
-    Mistake("The last, partial batch is missing: loop over range(0, N, batch_size) and keep the remainder.",
-            lambda m, x, bs: _features_variant(m, x, bs, drop_last=True)),
+_UNSEEN_MISTAKES = [
+    Mistake("That is the share the head *sees* (the part in W's row space); the task asks for what it cannot "
+            "see: 1 minus that.",
+            lambda w, h: _unseen_variant(w, h, seen=True)),
+    Mistake("The features were not centred: variance is measured around the mean, and the mean feature (a "
+            "direction every image shares) is not variance.",
+            lambda w, h: _unseen_variant(w, h, centre=False)),
+    Mistake("W^T W is not a projector unless W's rows are orthonormal: project onto the row space with an "
+            "orthonormal basis of it (from torch.linalg.svd or qr of W^T).",
+            lambda w, h: _unseen_variant(w, h, projector="gram")),
+    Mistake("1 - rank(W) / in_dim counts dimensions, not variance: the answer depends on where the features "
+            "vary, not only on how many directions the head keeps.",
+            lambda w, h: _unseen_variant(w, h, by_dimension=True)),
+    Mistake("A ratio of norms, not of variances: variance is the *squared* norm, ||H_c (I - P)||^2 / ||H_c||^2.",
+            lambda w, h: _unseen_variant(w, h, squared=False)),
 ]
 
 
-def _features_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(10, 10, generator=g) * 2 + 1
+def _unseen_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(22)
+
+    def features(n, d, scales):
+        return torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor(scales, dtype=torch.float64) + 3.0
+
+    w_narrow = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    w_rank_deficient = torch.cat([w_narrow[:2], w_narrow[:1] + w_narrow[1:2]])  # 3 rows, rank 2
+    in_row_space = torch.randn(50, 3, generator=g, dtype=torch.float64) @ w_narrow + 1.0
+    eye = torch.eye(6, dtype=torch.float64)
     return [
-        Case("a model in training mode, N=10 inputs, batch_size=4", (_trained_model(True), x, 4)),
-        Case("a model in eval mode, N=8 inputs, batch_size=8", (_trained_model(False), x[:8], 8)),
-        Case("a model in training mode, N=5 inputs, batch_size=64", (_trained_model(True), x[:5], 64)),
+        Case("head W [3, 8] (a bottleneck), 200 features with unequal variances, mean 3",
+             (w_narrow, features(200, 8, [3, 1, 1, 0.5, 0.5, 2, 1, 1]))),
+        Case("W [3, 8] of rank 2 (a row is the sum of the others)", (w_rank_deficient, features(100, 8, [1] * 8))),
+        Case("features that vary only inside W's row space", (w_narrow, in_row_space)),
+        Case("W keeps coordinates 0 and 1 of 6; the features vary only along coordinates 4 and 5",
+             (eye[:2] * 2.0, torch.cat([torch.full((40, 4), 5.0, dtype=torch.float64),
+                                       torch.randn(40, 2, generator=g, dtype=torch.float64)], dim=1))),
+        Case("W [10, 6], wider than the features (full column rank)",
+             (torch.randn(10, 6, generator=g, dtype=torch.float64), features(60, 6, [1, 2, 3, 1, 2, 3]))),
     ]
 
 
-def _no_gradients(got, args, case):
-    if got.requires_grad:
-        return ("the features require gradients",
-                "Wrap the loop in `with torch.no_grad():` (frozen features need no graph, and keeping "
-                "it costs memory).")
-    return None
-
-
-def _mode_restored(got, args, case):
-    before = case.args[0].training
-    if args[0].training != before:
-        return (f"the model was in {'training' if before else 'eval'} mode and was not put back",
-                "Remember `was_training = model.training` and call model.train(was_training) at the end: "
-                "the caller may be in the middle of training.")
-    return None
-
-
-@task("02.features", "representations before the projection head: eval mode, no gradients, batched")
-def check_features(answer) -> None:
-    """Compare with clcourse.evaluate.extract_features on the encoder, then check gradients and mode."""
+@task("02.unseen_variance", "derive: how much of the features' variance a linear head cannot see", 2)
+def check_unseen_variance(answer) -> None:
+    """Compare with the orthogonal projection onto the head's row space, on heads and features the lesson does not print."""
     compare_with_reference(
-        answer, _features_cases(), _features_reference, _FEATURE_MISTAKES,
-        generic_hint="Encode with model.encoder in eval mode under torch.no_grad(), batch by batch, "
-                     "and concatenate.",
-        properties=[_no_gradients, _mode_restored],
+        answer, _unseen_cases(), _unseen_variance_reference, _UNSEEN_MISTAKES,
+        generic_hint="z = W h changes only with the part of h in W's row space: project the centred features onto "
+                     "an orthonormal basis of that space (torch.linalg.svd(W).Vh[:rank]) and compare the squared "
+                     "norms of what is left over and of the whole.",
+        compare=lambda got, expected: first_difference(float(got) if isinstance(got, torch.Tensor) else got,
+                                                       expected, rtol=1e-6, atol=1e-9),
+        hint_needs_every_case=True,
     )
