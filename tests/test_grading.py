@@ -63,11 +63,13 @@ def jitter(x, b, s, *, clamp=True, gray=None, blend="right", factors=lambda f: f
     return out.clamp(0, 1) if clamp else out
 
 
-def boxes(scale, ratio, u, H, W, *, inverted=False, room=lambda H, h: H - h + 1, rounding=torch.round):
+def boxes(scale, ratio, u, H, W, *, inverted=False, room=lambda H, h: H - h + 1, rounding=torch.round, clamp=True):
     area = scale * H * W
     r = 1 / ratio if inverted else ratio
-    w = rounding(torch.sqrt(area * r)).clamp(1, W)
-    h = rounding(torch.sqrt(area / r)).clamp(1, H)
+    w = rounding(torch.sqrt(area * r))
+    h = rounding(torch.sqrt(area / r))
+    if clamp:
+        w, h = w.clamp(1, W), h.clamp(1, H)
     return torch.stack([torch.floor(u[:, 0] * room(H, h)), torch.floor(u[:, 1] * room(W, w)), h, w], 1).long()
 
 
@@ -191,6 +193,7 @@ WRONG = {
         (lambda *a: boxes(*a, room=lambda H, h: H), "leave the image"),
         (lambda *a: boxes(*a, room=lambda H, h: H - h), "Off by one"),
         (lambda *a: boxes(*a, rounding=torch.floor), "Round the side lengths"),
+        (lambda *a: boxes(*a, clamp=False), "not limited to the image"),
     ],
     "02.projection_head": [
         (lambda i, h, o: nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, o), nn.ReLU()),
