@@ -17,7 +17,18 @@ from clcourse.evaluate import (  # noqa: E402
     transformation_predictions,
     transformation_probe,
 )
-from clcourse.lessons.heads import compare_h_z, format_reports  # noqa: E402
+from clcourse.lessons.heads import (  # noqa: E402
+    RepresentationReport,
+    SeedStats,
+    compare_h_z,
+    feature_report,
+    format_reports,
+    format_seed_table,
+    h_minus_z,
+    neighbour_agreement,
+    over_seeds,
+    plot_over_seeds,
+)
 from clcourse.methods.simclr import SimCLR  # noqa: E402
 from clcourse.viz.reports import plot_reports  # noqa: E402
 
@@ -110,3 +121,62 @@ def test_compare_h_z_without_head_reports_the_same_numbers_twice():
     h, z = compare_h_z(model, train, test, fractions=(0.25,), seeds=(0,))
     assert z.name == "z" and z.dim == h.dim == 12
     assert z.probes[0.25].mean == h.probes[0.25].mean and z.knn == h.knn and z.rank == h.rank
+
+
+def test_feature_report_measures_raw_features_like_compare_h_z():
+    g = torch.Generator().manual_seed(3)
+    train = (torch.rand(40, 1, 4, 4, generator=g), torch.arange(40) % 2)
+    test = (torch.rand(20, 1, 4, 4, generator=g), torch.arange(20) % 2)
+    targets = {"rotation": torch.randn(40, generator=g)}
+    report = feature_report("pixels", *train, *test, fractions=(0.5,), seeds=(0,),
+                            views=(train[0], targets, test[0], {"rotation": torch.randn(20, generator=g)}))
+    assert report.name == "pixels" and report.dim == 16 and set(report.transforms) == {"rotation"}
+    assert 0 <= report.probes[0.5].mean <= 1 and 1 <= report.rank <= 16
+
+
+def _report(name, probe, knn=0.9, rank=3.0, r2=0.5):
+    from clcourse.evaluate import ProbeResult
+
+    return RepresentationReport(name, 4, {0.1: ProbeResult(probe, 0.0, [probe], 10)}, knn, rank, {"rotation": r2})
+
+
+def test_over_seeds_means_and_sample_std_and_single_runs_have_no_spread():
+    results = {"head": [[_report("h", 0.90), _report("z", 0.80)], [_report("h", 0.94), _report("z", 0.86)]],
+               "pixels": [[_report("pixels", 0.85)]]}
+    table = over_seeds(results)
+    h = table["head"]["h"]["probe 10%"]
+    assert h.mean == pytest.approx(92.0) and h.std == pytest.approx(np.std([90, 94], ddof=1))
+    assert h.values == pytest.approx((90.0, 94.0))
+    assert set(table["head"]["z"]) == {"probe 10%", "kNN", "eff.rank", "R2 rotation"}
+    assert np.isnan(table["pixels"]["pixels"]["kNN"].std) and str(table["pixels"]["pixels"]["kNN"]) == "90.0"
+    gap = h_minus_z(results["head"], 0.1)
+    assert gap.values == pytest.approx((10.0, 8.0)) and gap.mean == pytest.approx(9.0)
+    text = format_seed_table(table, ["probe 10%", "R2 rotation"])
+    assert "92.0 ± 2.8" in text and text.count("head") == 2 and "pixels" in text
+    axes = plot_over_seeds({"head": table["head"]}, "probe 10%", {"raw pixels": 85.0})
+    assert axes.get_title() == "probe 10%"
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    with pytest.raises(ValueError, match="same features"):
+        over_seeds({"head": [[_report("h", 0.9)], [_report("z", 0.9)]]})
+    with pytest.raises(ValueError, match="'h' and 'z'"):
+        h_minus_z([[_report("h", 0.9)]])
+    with pytest.raises(ValueError, match="at least one"):
+        SeedStats.of([])
+
+
+def test_neighbour_agreement_finds_a_factor_that_shapes_neighbourhoods_and_not_one_that_does_not():
+    g = torch.Generator().manual_seed(4)
+    angle = torch.rand(300, generator=g) * 30 - 15
+    # the factor as a direction on the circle: cosine neighbours share it
+    kept = torch.stack([torch.cos(angle / 30), torch.sin(angle / 30)], 1) + 0.01 * torch.randn(300, 2, generator=g)
+    assert neighbour_agreement(kept, angle, k=5) > 0.95
+    ignored = torch.randn(300, 8, generator=g)
+    assert abs(neighbour_agreement(ignored, angle, k=10)) < 0.15
+    with pytest.raises(ValueError, match="k must be"):
+        neighbour_agreement(kept, angle, k=300)
+    with pytest.raises(ValueError, match="values must be"):
+        neighbour_agreement(kept, angle[:10])
+    with pytest.raises(ValueError, match="constant"):
+        neighbour_agreement(kept, torch.zeros(300))

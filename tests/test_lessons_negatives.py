@@ -9,6 +9,7 @@ from clcourse.encoders import MLP
 from clcourse.lessons.negatives import (
     InBatchInfoNCE,
     NegativesRun,
+    evaluate_features,
     false_negative_rate,
     in_batch_info_nce,
     in_batch_negatives,
@@ -94,3 +95,19 @@ def test_view_embeddings_are_two_views_seeded(tiny_data):
     again = view_embeddings(model, train.images, aug, seed=3)
     torch.testing.assert_close(again[0], z1)
     assert model.training  # the mode is restored
+
+
+def test_evaluate_features_flattens_and_reports_each_label_budget(tiny_data):
+    train, test = tiny_data
+    probe, probe_std, knn = evaluate_features(train.images, train.labels, test.images, test.labels,
+                                              {"50%": 0.5, "100%": None})
+    assert set(probe) == set(probe_std) == {"50%", "100%"} and probe_std["100%"] == 0.0
+    assert all(0 <= v <= 1 for v in [*probe.values(), knn])
+
+
+def test_train_and_evaluate_passes_hidden_dim_weight_decay_and_channels_last(tiny_data):
+    train, test = tiny_data
+    run = train_and_evaluate("x", train, test, BatchedAugment.digits(8), make_encoder=lambda: MLP(64, (16,), 8),
+                             projection_dim=4, hidden_dim=6, batch_size=8, steps=2, weight_decay=1e-4,
+                             channels_last=False, label_fractions={"100%": None})
+    assert run.model.projector.net[0].out_features == 6 and run.history.steps == 2

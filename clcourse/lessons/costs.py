@@ -52,19 +52,19 @@ LESSON_COSTS: dict[str, LessonCost] = {
     "02": LessonCost(
         "Encoders and heads", 71,
         full="ResNet-18 on CIFAR-10, 100 epochs per head",
-        faster="the training `budget` (200 steps) or fewer probe `seeds` (5)",
+        faster="the training `budget` (300 steps) or fewer `training_seeds` (3): a noisier table",
         fuller="a larger `budget`",
     ),
     "03": LessonCost(
         "NT-Xent and temperature", 80,
         full="ResNet-18 on CIFAR-10, 100 epochs, one model per temperature",
-        faster="the sweep's `budget` (150 steps) or fewer `temperatures`",
+        faster="the sweep's `budget` (150 steps), fewer `seeds` (3) or fewer `temperatures`",
         fuller="a larger `budget` or more `temperatures`",
     ),
     "04": LessonCost(
         "InfoNCE and negatives", 44,
         full="ResNet-18 on CIFAR-10, 100 epochs per negative-weighting variant; the MI sweep for 4,000 steps",
-        faster="the MI sweep's `steps` (400) and the variants' `steps` (150)",
+        faster="the MI sweep's `steps` (400), the variants' `budget` (300 steps) or fewer `seeds` (3)",
         fuller="more `steps`, larger `batch_sizes`",
     ),
     "05": LessonCost(

@@ -38,6 +38,7 @@ __all__ = [
     "false_negative_rate",
     "NegativesRun",
     "train_and_evaluate",
+    "evaluate_features",
     "view_embeddings",
 ]
 
@@ -88,7 +89,7 @@ class InBatchInfoNCE(SimCLR):
     """SimCLR [1] whose loss is `in_batch_info_nce`, with the hard-negative [3] and debiased [4] options.
 
     Args:
-        encoder, projection_dim, temperature: as for `SimCLR`.
+        encoder, projection_dim, hidden_dim, temperature: as for `SimCLR`.
         hard_negative_beta: beta >= 0 of [3] (0: uniform weights on the negatives).
         debiased_tau_plus: tau+ in [0, 1) of [4], the prior probability of a false negative.
 
@@ -101,10 +102,11 @@ class InBatchInfoNCE(SimCLR):
         projection_dim: int = 128,
         temperature: float = 0.5,
         *,
+        hidden_dim: int | None = None,
         hard_negative_beta: float = 0.0,
         debiased_tau_plus: float = 0.0,
     ):
-        super().__init__(encoder, projection_dim=projection_dim, temperature=temperature)
+        super().__init__(encoder, projection_dim=projection_dim, hidden_dim=hidden_dim, temperature=temperature)
         self.hard_negative_beta = hard_negative_beta
         self.debiased_tau_plus = debiased_tau_plus
 
@@ -167,14 +169,17 @@ def train_and_evaluate(
     debiased_tau_plus: float = 0.0,
     make_encoder: Callable[[], nn.Module] | None = None,
     projection_dim: int = 32,
+    hidden_dim: int | None = None,
     temperature: float = 0.5,
     batch_size: int = 128,
     lr: float = 2e-3,
+    weight_decay: float = 1e-6,
     label_fractions: dict[str, float | None] | None = None,
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
     num_threads: int | None = None,
+    channels_last: bool | None = None,
     **budget,
 ) -> NegativesRun:
     """Train `InBatchInfoNCE` on `train` and evaluate its frozen encoder on `test`.
@@ -191,7 +196,8 @@ def train_and_evaluate(
             seed starts from the same weights; default a `SmallCNN` (width 32, 128-d).
         projection_dim: D of the projections the loss sees. The loss holds [2B, 2B - 2, D]
             negatives, so D and the batch size B set its cost.
-        temperature, batch_size, lr: of the training (Adam, cosine schedule).
+        hidden_dim: width of the projection head's hidden layer (default: the encoder's output size).
+        temperature, batch_size, lr, weight_decay: of the training (Adam, cosine schedule).
         label_fractions: name -> fraction of the training labels for a linear probe (None: all);
             default ``{"10%": 0.1, "100%": None}``. Fractions are averaged over 5 label draws.
         seed: seeds the initialisation, the batch order and the views.
@@ -199,30 +205,50 @@ def train_and_evaluate(
         progress: show fit's progress bar.
         num_threads: torch threads during training and feature extraction (None: torch's setting);
             1 is faster for the small models of the quick profile (see `torch_threads`).
+        channels_last: passed to `clcourse.train.fit` (True for the small CNN on 8x8 digits).
         **budget: one of ``steps=``, ``epochs=``, ``seconds=`` for `clcourse.train.fit`.
     """
-    label_fractions = {"10%": 0.1, "100%": None} if label_fractions is None else label_fractions
     torch.manual_seed(seed)
     if make_encoder is None:
         encoder = SmallCNN(in_channels=train.images.shape[1], width=32, out_dim=128)
     else:
         encoder = make_encoder()
     model = InBatchInfoNCE(
-        encoder, projection_dim=projection_dim, temperature=temperature,
+        encoder, projection_dim=projection_dim, hidden_dim=hidden_dim, temperature=temperature,
         hard_negative_beta=hard_negative_beta, debiased_tau_plus=debiased_tau_plus,
     )
     loader = ViewLoader(train, augment, batch_size=batch_size, seed=seed, device=device)
     with torch_threads(num_threads):
-        history = fit(model, loader, lr=lr, schedule="cosine", device=device, progress=progress, **budget)
+        history = fit(model, loader, lr=lr, weight_decay=weight_decay, schedule="cosine", device=device,
+                      progress=progress, channels_last=channels_last, **budget)
         train_x, train_y = extract_features(model.encoder, train)
         test_x, test_y = extract_features(model.encoder, test)
+    probe, probe_std, knn = evaluate_features(train_x, train_y, test_x, test_y, label_fractions)
+    return NegativesRun(name, hard_negative_beta, debiased_tau_plus, probe, probe_std, knn, history, model)
+
+
+def evaluate_features(
+    train_x, train_y, test_x, test_y, label_fractions: dict[str, float | None] | None = None,
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """The evaluation of :func:`train_and_evaluate`, for any frozen features (raw pixels, an untrained encoder).
+
+    Args:
+        train_x [N, ...], train_y [N], test_x [M, ...], test_y [M]: features (flattened to [N, D]) and labels.
+        label_fractions: name -> fraction of the training labels (None: all), default
+            ``{"10%": 0.1, "100%": None}``; a fraction is averaged over 5 label draws.
+
+    Returns:
+        ``(probe, probe_std, knn)``: name -> linear-probe accuracy in [0, 1], name -> its standard deviation
+        over the label draws, and the weighted kNN accuracy (k = 20, all labels).
+    """
+    label_fractions = {"10%": 0.1, "100%": None} if label_fractions is None else label_fractions
+    train_x, test_x = torch.as_tensor(train_x).flatten(1).float(), torch.as_tensor(test_x).flatten(1).float()
     probe, probe_std = {}, {}
     for label, fraction in label_fractions.items():
         seeds = range(5) if fraction is not None else (0,)
         result = linear_probe(train_x, train_y, test_x, test_y, label_fraction=fraction, seeds=seeds)
         probe[label], probe_std[label] = result.mean, result.std
-    knn = knn_accuracy(train_x, train_y, test_x, test_y)
-    return NegativesRun(name, hard_negative_beta, debiased_tau_plus, probe, probe_std, knn, history, model)
+    return probe, probe_std, knn_accuracy(train_x, train_y, test_x, test_y)
 
 
 @torch.no_grad()
