@@ -18,6 +18,13 @@ def test_each_quote_is_in_the_markdown_states_its_value_and_is_recorded(path):
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda path: path.name)
+def test_every_lesson_quotes_its_figures_through_a_quotes_file(path):
+    """Every lesson reports measured figures, so every lesson has quotes: none may opt out by having no file."""
+    assert measured.quotes_path(path).exists(), f"{measured.quotes_path(path).name} is missing"
+    assert len(measured.load_quotes(path)) > 0
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda path: path.name)
 def test_quoted_figures_match_this_run(path, request):
     """Runs after the notebooks (conftest.py moves it last): compares with the run this session made."""
     ran = any(Path(str(item.fspath)).resolve() == path.resolve() for item in request.session.items)
