@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
 
+from clcourse.augment import BatchedAugment
 from clcourse.grading import CheckResult, check, evaluate, tasks
+from clcourse.lessons.augmentations import variant_augment
 from clcourse.grading.feedback import LOG_ENV
 
 SOURCES = sorted((Path(__file__).parent.parent / "exercises" / "source").glob("*.ipynb"))
@@ -63,14 +65,7 @@ def jitter(x, b, s, *, clamp=True, gray=None, blend="right", factors=lambda f: f
     return out.clamp(0, 1) if clamp else out
 
 
-def boxes(scale, ratio, u, H, W, *, inverted=False, room=lambda H, h: H - h + 1, rounding=torch.round, clamp=True):
-    area = scale * H * W
-    r = 1 / ratio if inverted else ratio
-    w = rounding(torch.sqrt(area * r))
-    h = rounding(torch.sqrt(area / r))
-    if clamp:
-        w, h = w.clamp(1, W), h.clamp(1, H)
-    return torch.stack([torch.floor(u[:, 0] * room(H, h)), torch.floor(u[:, 1] * room(W, w)), h, w], 1).long()
+SHORTCUT_STRENGTH = dict(crop_scale=(0.3, 1.0), jitter_strength=2.0, gray_p=0.5)  # lesson 01's section 4
 
 
 class ReluBeforeBN(nn.Module):
@@ -188,12 +183,16 @@ WRONG = {
         (lambda x, b, s: jitter(x, b, s, gray=lambda y: (y * LUMA.to(y.dtype)).sum(1, keepdim=True)
                                 .mean((1, 2, 3), keepdim=True)), "contrast"),
     ],
-    "01.crop_boxes": [
-        (lambda *a: boxes(*a, inverted=True), "width / height"),
-        (lambda *a: boxes(*a, room=lambda H, h: H), "leave the image"),
-        (lambda *a: boxes(*a, room=lambda H, h: H - h), "Off by one"),
-        (lambda *a: boxes(*a, rounding=torch.floor), "Round the side lengths"),
-        (lambda *a: boxes(*a, clamp=False), "not limited to the image"),
+    "01.shortcut_free_views": [
+        (lambda size: variant_augment("crop", size, **SHORTCUT_STRENGTH), "keep their colours"),
+        (lambda size: variant_augment("color", size, **SHORTCUT_STRENGTH), "position and size"),
+        (lambda size: variant_augment("none", size), "flip or a blur"),
+        (lambda size: BatchedAugment(size, crop_scale=(1.0, 1.0), flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.5),
+         "flip or a blur"),
+        (lambda size: BatchedAugment(size, crop_scale=(0.02, 0.06), jitter=(1.6, 1.6, 1.6, 0.4), gray_p=0.5,
+                                     blur_p=0.0), "less than 15%"),
+        (lambda size: {"crop_scale": (0.3, 1.0)}, "must return a batched augmentation"),
+        (lambda size: variant_augment("crop+color", 32, **SHORTCUT_STRENGTH), "[B, 3, 16, 16]"),
     ],
     "02.projection_head": [
         (lambda i, h, o: nn.Sequential(nn.Linear(i, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, o), nn.ReLU()),

@@ -38,43 +38,43 @@ class LessonCost:
 
 LESSON_COSTS: dict[str, LessonCost] = {
     "00": LessonCost(
-        "Welcome", 55,
+        "Welcome", 66,
         full="SimCLR on 8x8 digits for 300 epochs",
         faster="section 4's `steps` (1,500): fewer steps, a lower 1%-label probe",
         fuller="more `steps` in section 4, or lesson 06 for SimCLR on CIFAR-10",
     ),
     "01": LessonCost(
-        "Augmentations", 52,
+        "Augmentations", 74,
         full="ResNet-18 on 20,000 32-px shapes, 100 epochs per augmentation pipeline",
         faster="`steps` (600) in section 4's settings",
         fuller="more `steps`, or a 32-px `SIZE`",
     ),
     "02": LessonCost(
-        "Encoders and heads", 71,
+        "Encoders and heads", 54,
         full="ResNet-18 on CIFAR-10, 100 epochs per head",
         faster="the training `budget` (300 steps) or fewer `training_seeds` (3): a noisier table",
         fuller="a larger `budget`",
     ),
     "03": LessonCost(
-        "NT-Xent and temperature", 80,
+        "NT-Xent and temperature", 73,
         full="ResNet-18 on CIFAR-10, 100 epochs, one model per temperature",
         faster="the sweep's `budget` (150 steps), fewer `seeds` (3) or fewer `temperatures`",
         fuller="a larger `budget` or more `temperatures`",
     ),
     "04": LessonCost(
-        "InfoNCE and negatives", 44,
+        "InfoNCE and negatives", 74,
         full="ResNet-18 on CIFAR-10, 100 epochs per negative-weighting variant; the MI sweep for 4,000 steps",
         faster="the MI sweep's `steps` (400), the variants' `budget` (300 steps) or fewer `seeds` (3)",
         fuller="more `steps`, larger `batch_sizes`",
     ),
     "05": LessonCost(
-        "Triplet loss", 90,
+        "Triplet loss", 77,
         full="ResNet-18 on CIFAR-10, 100 epochs per mining strategy",
         faster="the `budget` (120 steps per run), fewer `seeds` (3) or no ablations",
         fuller="a larger `budget`",
     ),
     "06": LessonCost(
-        "SimCLR", 72,
+        "SimCLR", 68,
         full="the course's SimCLR recipe: ResNet-18 on CIFAR-10",
         faster="the recipe's `epochs` (300) or the explorer's `n_points`",
         fuller="more `epochs`; `clcourse train simclr` runs the same recipe from a terminal",
@@ -86,7 +86,7 @@ LESSON_COSTS: dict[str, LessonCost] = {
         fuller="more `steps`",
     ),
     "11": LessonCost(
-        "Supervised contrastive", 110,
+        "Supervised contrastive", 78,
         full="SupCon on 16x16 digits, 5,000 steps per run",
         faster="`steps` (200) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`",
