@@ -332,3 +332,40 @@ def test_check_prints_logs_and_renders(tmp_path, monkeypatch, capsys):
     assert "03.nt_xent" in html and "applied twice" in html and "<table" in html
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["task_id"] == "03.nt_xent" and entry["passed"] is False and entry["max_points"] == 2
+
+
+def test_exiting_or_interrupting_inside_the_answer_is_the_answers_failure():
+    import sys
+
+    def exits(z1, z2, t=0.5):
+        sys.exit(3)
+
+    def interrupted(z1, z2, t=0.5):
+        raise KeyboardInterrupt
+
+    exited = evaluate("03.nt_xent", exits)
+    assert exited.status == "failed" and "SystemExit" in exited.problem and "returning" in exited.hint
+    stopped = evaluate("03.nt_xent", interrupted)
+    assert stopped.status == "failed" and "KeyboardInterrupt" in stopped.problem
+
+
+def test_a_check_past_its_time_limit_fails_and_says_how_to_change_it(monkeypatch):
+    def forever(z1, z2, t=0.5):
+        while True:
+            pass
+
+    result = evaluate("03.nt_xent", forever, timeout=0.5)
+    assert result.status == "failed" and "within 0.5 s" in result.problem and "CLCOURSE_CHECK_TIMEOUT" in result.hint
+    monkeypatch.setenv("CLCOURSE_CHECK_TIMEOUT", "0.3")
+    assert "within 0.3 s" in evaluate("03.nt_xent", forever).problem
+    with pytest.raises(ValueError, match="> 0 seconds"):
+        evaluate("03.nt_xent", forever, timeout=0)
+
+
+def test_a_library_hint_does_not_fire_on_the_learners_own_indexing():
+    def own_indexing(z1, z2, t=0.5):
+        return ntx(z1, z2, t) + z1[100].sum()  # IndexError: index 100 is out of bounds for dimension 0
+
+    result = evaluate("03.nt_xent", own_indexing)
+    assert "IndexError" in result.problem and "target index" not in result.hint.lower()
+    assert "i + N - 1" in evaluate("03.nt_xent", ntx_unshifted).hint  # cross_entropy's own "Target k is out of bounds"

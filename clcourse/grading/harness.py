@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from typing import Any
 import torch
 
 import clcourse
-
 
 RAISED = object()  # stands for "this call raised" where None could be a real (wrong) result
 
@@ -73,9 +73,12 @@ def call_answer(fn: Callable, args: tuple, kwargs: dict, case: str,
 
     Raises:
         NotAttempted: ``fn`` raised ``NotImplementedError``.
-        Failure: ``fn`` is not callable or raised anything else; the message
-            names the exception, the line of the learner's code, and a hint
-            from ``error_hints`` (pairs of substring of the error, hint).
+        Failure: ``fn`` is not callable or raised anything else, ``SystemExit``
+            and ``KeyboardInterrupt`` included; the message names the exception,
+            the line of the learner's code, and a hint from ``error_hints``:
+            pairs (regular expression searched in "ExceptionType: message",
+            case-insensitive; hint), specific enough not to fire on an error of
+            the learner's own indexing.
     """
     if not callable(fn):
         raise Failure(case, f"the answer must be a function, got {type(fn).__name__} {fn!r:.60}")
@@ -83,9 +86,16 @@ def call_answer(fn: Callable, args: tuple, kwargs: dict, case: str,
         return fn(*args, **kwargs)
     except NotImplementedError as exc:
         raise NotAttempted(str(exc)) from None
+    except SystemExit as exc:
+        raise Failure(case, f"your function called exit() or sys.exit() (SystemExit: {exc.code!r})",
+                      hint="A function answers by returning its result; exiting stops the check, not the task.") from None
+    except KeyboardInterrupt:
+        raise Failure(case, "your function was interrupted (KeyboardInterrupt) before it returned",
+                      hint="Interrupting the kernel stops the check as well: run the check again and let it finish, "
+                           "or look for a loop that never ends.") from None
     except Exception as exc:  # any bug in learner code must become feedback, never a crash
         text = f"{type(exc).__name__}: {exc}"
-        hints = [hint for needle, hint in error_hints if needle.lower() in text.lower()]
+        hints = [hint for pattern, hint in error_hints if re.search(pattern, text, re.IGNORECASE)]
         where = _learner_line(exc)
         problem = f"your function raised {text}" + (f"\n{where}" if where else "")
         raise Failure(case, problem, hint=" ".join(hints)) from None

@@ -109,7 +109,7 @@ def check_nt_xent(answer) -> None:
         generic_hint="z = normalize(cat[z1, z2]); logits = z z^T / t with the diagonal at -inf; "
                      "cross-entropy with target i+N (mod 2N) for row i, averaged over the 2N rows.",
         properties=[keeps_gradient],
-        error_hints=[("out of bounds", "A target index is past the last column. If you removed the diagonal "
+        error_hints=[(r"Target \d+ is out of bounds", "A target index is past the last column. If you removed the diagonal "
                                        "from each row, the columns right of it moved one to the left: anchor "
                                        "i < N then finds its positive at column i + N - 1.")],
     )

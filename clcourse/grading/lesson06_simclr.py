@@ -198,7 +198,7 @@ def check_knn_predict(answer) -> None:
                      "votes[m, train_y[idx[m, j]]] += exp(sim[m, j] / t) (scatter_add_); return votes.argmax(1).",
         error_hints=[
             ("out of range", "k is larger than the number of training points here: use min(k, len(train_x))."),
-            ("out of bounds", "The vote matrix needs one column per label value, train_y.max() + 1 of them: a "
+            (r"RuntimeError: index \d+ is out of bounds", "The vote matrix needs one column per label value, train_y.max() + 1 of them: a "
                               "class may be missing from the training set, so counting distinct labels is too few."),
         ],
     )

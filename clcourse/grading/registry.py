@@ -8,6 +8,9 @@ that into a :class:`~clcourse.grading.feedback.CheckResult`, shows it and logs i
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +18,14 @@ from typing import Any
 
 import torch
 
-from clcourse.grading.feedback import FAILED, NOT_ATTEMPTED, PASSED, CheckResult, log_result, show
+from clcourse.grading.feedback import (
+    FAILED,
+    NOT_ATTEMPTED,
+    PASSED,
+    CheckResult,
+    log_result,
+    show,
+)
 from clcourse.grading.harness import Failure, NotAttempted
 
 
@@ -76,16 +86,56 @@ def get_task(task_id: str) -> Task:
         raise KeyError(f"unknown task {task_id!r}; known tasks: {known}") from None
 
 
-def evaluate(task_id: str, answer: Any) -> CheckResult:
+DEFAULT_CHECK_SECONDS = 120.0  # the slowest check (01.shortcut_free_views) trains for about 10-20 s
+CHECK_SECONDS_VARIABLE = "CLCOURSE_CHECK_TIMEOUT"
+
+
+class CheckTimeout(BaseException):
+    """The check ran past its time limit (a BaseException, so that the learner's ``except Exception`` cannot swallow it)."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`CheckTimeout` in this thread after ``seconds`` (POSIX main thread; elsewhere no limit)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise CheckTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _check_seconds(timeout: float | None) -> float:
+    seconds = float(os.environ.get(CHECK_SECONDS_VARIABLE, DEFAULT_CHECK_SECONDS)) if timeout is None else timeout
+    if not seconds > 0:
+        raise ValueError(f"a check's time limit must be > 0 seconds, got {seconds}")
+    return seconds
+
+
+def evaluate(task_id: str, answer: Any, timeout: float | None = None) -> CheckResult:
     """Grade ``answer`` for ``task_id`` without displaying or logging (see :func:`check`)."""
+    seconds = _check_seconds(timeout)
     try:
         t = get_task(task_id)
     except KeyError as exc:
         return CheckResult(str(task_id), FAILED, 0, 0, problem=exc.args[0],
                            hint="Copy the task id from the exercise's check cell.")
     try:
-        with _isolated():
+        with _isolated(), _time_limit(seconds):
             t.checker(answer)
+    except CheckTimeout:
+        return CheckResult(t.id, FAILED, 0, t.points, problem=f"the check did not finish within {seconds:g} s",
+                           hint="Your function is very slow on the check's inputs or never returns: look for a loop "
+                                "that does not end, or a loop over every element where one tensor operation would "
+                                f"do. ({CHECK_SECONDS_VARIABLE} sets the limit.)")
     except NotAttempted:
         return CheckResult(t.id, NOT_ATTEMPTED, 0, t.points,
                            problem="not attempted yet: the function still raises NotImplementedError",
@@ -114,7 +164,7 @@ def _isolated() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def check(task_id: str, answer: Any) -> CheckResult:
+def check(task_id: str, answer: Any, timeout: float | None = None) -> CheckResult:
     """Check ``answer`` for task ``task_id`` and show the feedback at once.
 
     The answer is compared with the reference on random and edge-case inputs.
@@ -126,12 +176,14 @@ def check(task_id: str, answer: Any) -> CheckResult:
     Args:
         task_id: e.g. ``"03.nt_xent"`` (see :func:`tasks`).
         answer: usually the function the exercise asks for.
+        timeout: seconds the check may take (default ``$CLCOURSE_CHECK_TIMEOUT`` or 120); past it the
+            check fails and says so, where the platform allows (POSIX, the main thread).
 
     Returns:
         the :class:`CheckResult` (``.passed``, ``.message``); in Jupyter it is
         displayed as a coloured box, elsewhere printed.
     """
-    result = evaluate(task_id, answer)
+    result = evaluate(task_id, answer, timeout)
     log_result(result)
     show(result)
     return result
