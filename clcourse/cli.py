@@ -43,12 +43,16 @@ def run_grade(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         print(f"clcourse grade: --timeout must be > 0 seconds, got {args.timeout:g}", file=sys.stderr)
         return 1
-    scores = grader.grade_notebooks(args.paths, timeout=args.timeout, kernel_name=args.kernel)
+
+    def write_reports(scores) -> None:  # after every notebook: a submission that kills the grader loses only itself
+        if args.csv:
+            grader.write_csv(scores, args.csv)
+        if args.json:
+            grader.write_json(scores, args.json)
+
+    scores = grader.grade_notebooks(args.paths, timeout=args.timeout, kernel_name=args.kernel,
+                                    on_graded=write_reports)
     print(grader.format_table(scores, width=shutil.get_terminal_size((110, 24)).columns))
-    if args.csv:
-        grader.write_csv(scores, args.csv)
-    if args.json:
-        grader.write_json(scores, args.json)
     unreadable = any(s.cell_errors and s.cell_errors[0].startswith("could not read") for s in scores)
     return 1 if unreadable else 0
 

@@ -149,3 +149,26 @@ def test_check_output_is_shown_once_as_html():
     assert [o.output_type for o in outputs] == ["display_data"]
     assert "ZeroDivisionError" in outputs[0].data["text/html"]
     assert "05.chord_margin: failed" in outputs[0].data["text/plain"]
+
+
+def test_a_submission_that_kills_the_grader_loses_only_its_own_rows(tmp_path):
+    """The reports are rewritten after every notebook, so the rows graded before the kill survive it."""
+    import subprocess
+    import sys
+
+    honest, killer = tmp_path / "honest.ipynb", tmp_path / "killer.ipynb"
+    setup = new_code_cell("from clcourse.grading import check\nimport torch", metadata={"tags": ["setup"]})
+    nbformat.write(new_notebook(cells=[setup, new_code_cell(
+        "def false_negatives(b, probs):\n"
+        "    p = torch.tensor(probs, dtype=torch.float64)\n"
+        "    return 2 * (b - 1) * float((p**2).sum()), 1 - float((p * (1 - p) ** (b - 1)).sum())\n"
+        'check("04.false_negatives", false_negatives)')], metadata={"kernelspec": KERNELSPEC}), honest)
+    nbformat.write(new_notebook(cells=[new_code_cell("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")],
+                                metadata={"kernelspec": KERNELSPEC}), killer)
+    csv_path = tmp_path / "scores.csv"
+    run = subprocess.run([sys.executable, "-m", "clcourse", "grade", str(honest), str(killer), "--timeout", "60",
+                          "--csv", str(csv_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0  # the grader itself was killed
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [(Path(r["notebook"]).name, r["task"], r["passed"]) for r in rows] == [
+        ("honest.ipynb", "04.false_negatives", "True")]

@@ -120,9 +120,19 @@ def grade_notebook(path: str | Path, timeout: float = 60, kernel_name: str = "py
     return score
 
 
-def grade_notebooks(paths, timeout: float = 60, kernel_name: str = "python3") -> list[NotebookScore]:
-    """Grade each notebook in turn (see :func:`grade_notebook`)."""
-    return [grade_notebook(p, timeout, kernel_name) for p in paths]
+def grade_notebooks(paths, timeout: float = 60, kernel_name: str = "python3", *,
+                    on_graded=None) -> list[NotebookScore]:
+    """Grade each notebook in turn (see :func:`grade_notebook`).
+
+    ``on_graded(scores_so_far)`` is called after each notebook: the CLI writes its CSV and JSON there, so a
+    submission that kills the grader loses only its own rows.
+    """
+    scores: list[NotebookScore] = []
+    for path in paths:
+        scores.append(grade_notebook(path, timeout, kernel_name))
+        if on_graded is not None:
+            on_graded(scores)
+    return scores
 
 
 def _kernel_env(log: str) -> dict[str, str]:
@@ -286,15 +296,22 @@ def format_table(scores: list[NotebookScore], width: int = 110) -> str:
     return "\n".join(lines)
 
 
+def _replace(path: str | Path) -> Path:
+    """A temporary sibling of ``path``: written completely, then renamed over it (never half a report)."""
+    return Path(path).with_name(f".{Path(path).name}.partial")
+
+
 def write_csv(scores: list[NotebookScore], path: str | Path) -> None:
     """One CSV row per (notebook, task): notebook, task, lesson, status, passed, points, max_points, message."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    partial = _replace(path)
+    with open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["notebook", "task", "lesson", "status", "passed", "points", "max_points", "message"])
         for nb in scores:
             for t in nb.tasks:
                 writer.writerow([nb.notebook, t.task_id, t.task_id.split(".")[0], t.status, t.passed,
                                  t.points, t.max_points, t.message])
+    partial.replace(path)
 
 
 def write_json(scores: list[NotebookScore], path: str | Path) -> None:
@@ -309,4 +326,6 @@ def write_json(scores: list[NotebookScore], path: str | Path) -> None:
             for s in scores
         ],
     }
-    Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    partial = _replace(path)
+    partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    partial.replace(path)
