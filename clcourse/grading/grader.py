@@ -296,14 +296,14 @@ def format_table(scores: list[NotebookScore], width: int = 110) -> str:
     return "\n".join(lines)
 
 
-def _replace(path: str | Path) -> Path:
+def _partial_path(path: str | Path) -> Path:
     """A temporary sibling of ``path``: written completely, then renamed over it (never half a report)."""
     return Path(path).with_name(f".{Path(path).name}.partial")
 
 
 def write_csv(scores: list[NotebookScore], path: str | Path) -> None:
     """One CSV row per (notebook, task): notebook, task, lesson, status, passed, points, max_points, message."""
-    partial = _replace(path)
+    partial = _partial_path(path)
     with open(partial, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["notebook", "task", "lesson", "status", "passed", "points", "max_points", "message"])
@@ -326,6 +326,6 @@ def write_json(scores: list[NotebookScore], path: str | Path) -> None:
             for s in scores
         ],
     }
-    partial = _replace(path)
+    partial = _partial_path(path)
     partial.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     partial.replace(path)

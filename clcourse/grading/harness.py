@@ -246,7 +246,8 @@ def compare_with_reference(answer: Callable, cases: Sequence[Case], reference: C
                            properties: Sequence[Callable[[Any, tuple, Case], tuple[str, str] | None]] = (),
                            compare: Callable[[Any, Any], str | None] = first_difference,
                            show: Callable[[Any], str] = describe,
-                           hint_needs_every_case: bool = False) -> None:
+                           hint_needs_every_case: bool = False,
+                           autograd: bool = True) -> None:
     """The common check: on every case the answer must return what ``reference`` returns.
 
     Args:
@@ -262,11 +263,16 @@ def compare_with_reference(answer: Callable, cases: Sequence[Case], reference: C
         show: describes an output for the learner; default :func:`describe`.
         hint_needs_every_case: name a mistake only when it matches the answer on every case (see
             :func:`diagnose`).
+        autograd: ``False`` runs the answer in inference mode, so that autograd cannot stand in for a
+            derivation the task asks for (an answer that calls it is told why it failed).
 
     Raises:
         NotAttempted, Failure: see :func:`call_answer`; Failure also on a mismatch,
             and when the answer changes its inputs in place.
     """
+    if not autograd and callable(answer):
+        answer = _without_autograd(answer)
+        error_hints = [*error_hints, *((pattern, _NO_AUTOGRAD) for pattern in ("does not require grad", "inference"))]
     got_by_case: list[Any] = []
     for i, case in enumerate(cases):
         args, kwargs = case.fresh()
@@ -286,6 +292,19 @@ def compare_with_reference(answer: Callable, cases: Sequence[Case], reference: C
         hint = diagnose(got_by_case, mistakes, cases, i, call_plain, compare,
                         every_case=hint_needs_every_case) or generic_hint
         raise Failure(case.name, diff, expected=show(expected), received=show(got), hint=hint)
+
+
+_NO_AUTOGRAD = ("The check runs your function with autograd switched off (inference mode): the task is to derive "
+                "the result and compute it from your formula. Use autograd beside it, in a cell of your own, to "
+                "check the formula.")
+
+
+def _without_autograd(answer: Callable) -> Callable:
+    def in_inference_mode(*args, **kwargs):
+        with torch.inference_mode():
+            return answer(*args, **kwargs)
+
+    return in_inference_mode
 
 
 def try_run(fn: Callable, case: Case, run: Callable[[Callable, Case], Any] = call_plain) -> Any:

@@ -77,24 +77,15 @@ def _pair_cases() -> list[Case]:
     ]
 
 
-_NO_AUTOGRAD = ("The check runs your function with autograd switched off (inference mode): derive the gradient and "
-                "compute it from your formula. Use autograd beside it, in your own cell, to check the formula.")
-
-
 @task("06.pair_gradient", "derive: NT-Xent's gradient with respect to the similarity of every pair of views", 2)
 def check_pair_gradient(answer) -> None:
     """Compare with the derived [2N, 2N] gradient on batches the lesson does not print, without autograd."""
-
-    def without_autograd(*args):
-        with torch.inference_mode():
-            return answer(*args)
-
     compare_with_reference(
-        without_autograd if callable(answer) else answer, _pair_cases(), _pair_gradient_reference, _PAIR_MISTAKES,
+        answer, _pair_cases(), _pair_gradient_reference, _PAIR_MISTAKES,
         generic_hint="Anchor i's loss is -log softmax(s_i / t)[pos(i)]; its derivative with respect to s_ij is "
                      "(P_ij - 1[j = pos(i)]) / t, times 1/(2N) for the mean; then add anchor j's share.",
-        error_hints=[("does not require grad", _NO_AUTOGRAD), ("inference", _NO_AUTOGRAD)],
         hint_needs_every_case=True,
+        autograd=False,
     )
 
 

@@ -204,11 +204,6 @@ def _gradient_cases() -> list[Case]:
     ]
 
 
-_NO_AUTOGRAD = ("The check runs your function with autograd switched off (inference mode): the task is to derive "
-                "the gradients and return them from your formulas. Use autograd beside it, in your own cell, to "
-                "check the formulas.")
-
-
 @task("11.supcon_gradients", "derive: the gradient of L_out and of L_in with respect to one anchor's similarities",
       2)
 def check_supcon_gradients(answer) -> None:
@@ -216,16 +211,10 @@ def check_supcon_gradients(answer) -> None:
 
     The answer runs in inference mode, where autograd records nothing: the task is the derivation.
     """
-
-    def without_autograd(*args):
-        with torch.inference_mode():
-            return answer(*args)
-
     compare_with_reference(
-        without_autograd if callable(answer) else answer, _gradient_cases(), _supcon_gradients_reference, _GRADIENT_MISTAKES,
+        answer, _gradient_cases(), _supcon_gradients_reference, _GRADIENT_MISTAKES,
         generic_hint="Write each loss with log-softmax over s / t and differentiate: d log p_j / d s_a = "
                      "(1[a = j] - p_a) / t. Check your formula against torch.autograd.grad on a small anchor.",
-        error_hints=[("does not require grad", _NO_AUTOGRAD), ("inference", _NO_AUTOGRAD),
-                     ("inference tensor", _NO_AUTOGRAD)],
         hint_needs_every_case=True,
+        autograd=False,
     )
