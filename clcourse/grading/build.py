@@ -13,6 +13,7 @@ committed student notebooks with a fresh build.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import nbformat
@@ -21,8 +22,11 @@ BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 STUB = 'raise NotImplementedError("Replace this line with your solution, then run the check cell below.")'
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
-# Cell metadata worth keeping: tags mark setup cells for the grader.
+# Cell metadata worth keeping: tags; nbgrader's is recomputed from the cell (see nbgrader_metadata).
 _CELL_METADATA = ("tags",)
+NBGRADER_SCHEMA = 3
+_CHECK_CALL = re.compile(r"""^\s*check\(\s*["']([0-9]{2}\.[a-z0-9_]+)["']""", re.MULTILINE)
+_DEFINED = re.compile(r"^def ([A-Za-z_][A-Za-z0-9_]*)\(", re.MULTILINE)
 
 
 def strip_solutions(source: str, where: str = "cell") -> str:
@@ -51,8 +55,32 @@ def strip_solutions(source: str, where: str = "cell") -> str:
     return "\n".join(out)
 
 
+def nbgrader_metadata(source: str) -> dict | None:
+    """nbgrader's metadata for a code cell of a source notebook, so that the course also runs in nbgrader.
+
+    A cell holding a solution region is a solution cell (``grade_id``: the function it defines); a cell that
+    calls ``check("NN.name", ...)`` is an autograded test cell, locked, worth the task's points in the registry
+    (``grade_id``: ``NN_name``); other cells get none. ``clcourse grade`` does not read this metadata.
+    """
+    from clcourse.grading.registry import get_task
+
+    if BEGIN in source:
+        defined = _DEFINED.search(source)
+        if defined is None:
+            raise ValueError("a cell with a solution region must define the task's function (def name(...))")
+        return {"grade": False, "grade_id": defined.group(1), "locked": False, "schema_version": NBGRADER_SCHEMA,
+                "solution": True, "task": False}
+    checked = _CHECK_CALL.search(source)
+    if checked:
+        task = get_task(checked.group(1))
+        return {"grade": True, "grade_id": task.id.replace(".", "_"), "locked": True, "points": task.points,
+                "schema_version": NBGRADER_SCHEMA, "solution": False, "task": False}
+    return None
+
+
 def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``nb`` without outputs, execution counts or editor metadata, kernel python3."""
+    """A copy of ``nb`` without outputs, execution counts or editor metadata, kernel python3; code cells carry
+    nbgrader's metadata (:func:`nbgrader_metadata`)."""
     nb = copy.deepcopy(nb)
     nb.metadata = {
         "kernelspec": dict(KERNELSPEC),
@@ -64,6 +92,9 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
+            grading = nbgrader_metadata(cell.source)
+            if grading is not None:
+                cell.metadata["nbgrader"] = grading
     return nb
 
 
