@@ -16,45 +16,94 @@ from pathlib import Path
 
 
 def add_grade_command(subparsers) -> None:
-    """``clcourse grade PATH... [--timeout S] [--csv FILE] [--json FILE] [--kernel NAME]``."""
+    """``clcourse grade PATH... [--set NN] [--jobs N] [--timeout S] [--csv FILE] [--json FILE] ...``."""
     parser = subparsers.add_parser(
-        "grade", help="run exercise notebooks in fresh kernels and score their tasks",
-        description="Execute each notebook cell by cell in a fresh Jupyter kernel and print a score "
-                    "table per task. A cell that raises, hangs past the timeout or kills its kernel "
-                    "costs only the task it belongs to.")
+        "grade", help="score submitted exercise notebooks, each in its own sandbox",
+        description="Run each submission's code cells in a sandboxed worker, call the function each task of "
+                    "its exercise set names on inputs drawn from a hidden seed, and compare the results with "
+                    "the reference in the grader's own process. Prints a score table per task; see "
+                    "exercises/README.md for what is and is not protected.")
     parser.add_argument("paths", nargs="+", metavar="PATH", type=Path, help="notebooks to grade")
+    parser.add_argument("--set", dest="exercise_set", metavar="NN",
+                        help="grade every notebook as exercise set NN (default: from its metadata and file name)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="submissions graded at once (default: 1)")
     parser.add_argument("--timeout", type=float, default=60, metavar="S",
-                        help="seconds each cell may run (default: 60)")
+                        help="seconds each code cell may run (default: 60)")
+    parser.add_argument("--task-timeout", type=float, default=120, metavar="S",
+                        help="seconds each task's check may take (default: 120)")
+    parser.add_argument("--notebook-timeout", type=float, default=900, metavar="S",
+                        help="seconds for a whole submission, cells and checks (default: 900)")
+    defaults = _limits_defaults()
+    for flag, name, what in (("--memory-mb", "memory_mb", "memory of a submission's worker, MiB"),
+                             ("--cpu-seconds", "cpu_seconds", "CPU time of each of its processes, s"),
+                             ("--file-mb", "file_mb", "largest file it may write, and its tmpfs size, MiB"),
+                             ("--processes", "processes", "processes it may run at once"),
+                             ("--output-kb", "output_kb", "of its output kept in the JSON report, KiB")):
+        parser.add_argument(flag, dest=name, type=int, default=defaults[name], metavar="N",
+                            help=f"{what} (default: {defaults[name]})")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, metavar="N",
+                       help="the hidden seed of the checks' inputs (default: a fresh random one, in the JSON report)")
+    seeds.add_argument("--seed-file", type=Path, metavar="FILE",
+                       help="read the hidden seed from FILE (keep it out of the course repository)")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="also write the scores as CSV")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the scores as JSON")
-    parser.add_argument("--kernel", default="python3", metavar="NAME",
-                        help="Jupyter kernel to run the notebooks in (default: python3)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar over the submissions (default: when stderr is a terminal)")
     parser.set_defaults(func=run_grade)
 
 
+def _limits_defaults() -> dict:
+    from dataclasses import asdict
+
+    from clcourse.grading.sandbox import Limits
+
+    return asdict(Limits())
+
+
 def run_grade(args: argparse.Namespace) -> int:
-    """Grade ``args.paths``; exit status 1 if a notebook is missing or could not be read."""
+    """Grade ``args.paths``; exit status 1 on bad arguments, 2 when a notebook's exercise set is unknown."""
+    import hashlib
+
     from clcourse.grading import grader
+    from clcourse.grading.sandbox import Limits
 
     missing = [str(p) for p in args.paths if not p.is_file()]
     if missing:
         print(f"clcourse grade: no such notebook: {', '.join(missing)}", file=sys.stderr)
         return 1
-    if args.timeout <= 0:
-        print(f"clcourse grade: --timeout must be > 0 seconds, got {args.timeout:g}", file=sys.stderr)
+    try:
+        seed = args.seed
+        if args.seed_file is not None:
+            text = args.seed_file.read_text(encoding="utf-8").strip()
+            if not text:
+                raise ValueError(f"--seed-file {args.seed_file} is empty")
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 2
+        limits = Limits(**{k: getattr(args, k) for k in _limits_defaults()})
+        options = grader.GradingOptions(cell_timeout=args.timeout, task_timeout=args.task_timeout,
+                                        notebook_timeout=args.notebook_timeout, limits=limits,
+                                        exercise_set=args.exercise_set,
+                                        **({} if seed is None else {"seed": seed}))
+        if args.exercise_set is not None:
+            grader.exercise_set_of(args.paths[0], args.exercise_set)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    except (OSError, ValueError) as exc:
+        print(f"clcourse grade: {exc}", file=sys.stderr)
         return 1
 
     def write_reports(scores) -> None:  # after every notebook: a submission that kills the grader loses only itself
         if args.csv:
             grader.write_csv(scores, args.csv)
         if args.json:
-            grader.write_json(scores, args.json)
+            grader.write_json(scores, args.json, seed=options.seed)
 
-    scores = grader.grade_notebooks(args.paths, timeout=args.timeout, kernel_name=args.kernel,
-                                    on_graded=write_reports)
+    hide = [str(p.resolve()) for p in (args.csv, args.json, args.seed_file) if p is not None]
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    scores = grader.grade_notebooks(args.paths, options, jobs=args.jobs, hide=hide, on_graded=write_reports,
+                                    progress=progress)
     print(grader.format_table(scores, width=shutil.get_terminal_size((110, 24)).columns))
-    unreadable = any(s.cell_errors and s.cell_errors[0].startswith("could not read") for s in scores)
-    return 1 if unreadable else 0
+    return 2 if any(not s.exercise_set for s in scores) else 0
 
 
 def add_exercises_command(subparsers) -> None:

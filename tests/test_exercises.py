@@ -1,4 +1,4 @@
-"""The exercise notebooks, their build and the batch grader (executes notebooks in kernels)."""
+"""The exercise notebooks, their build, and the batch grader on them (hostile submissions: test_grading_integrity)."""
 
 import csv
 import json
@@ -14,7 +14,7 @@ from clcourse.grading import tasks
 from clcourse.grading.build import (
     BEGIN, KERNELSPEC, STUB, build_exercises, clean, render, strip_solutions, student_notebook,
 )
-from clcourse.grading.grader import grade_notebooks
+from clcourse.grading.grader import GradingOptions, grade_notebooks
 
 EXERCISES = Path(__file__).parent.parent / "exercises"
 SOURCES = sorted((EXERCISES / "source").glob("*.ipynb"))
@@ -69,8 +69,15 @@ def test_strip_solutions_keeps_indentation_and_rejects_bad_markers():
         strip_solutions("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION")
 
 
-def test_solution_notebooks_score_full_marks():
-    scores = grade_notebooks(SOURCES, timeout=120)
+@pytest.fixture(scope="module")
+def graded_exercises():
+    """The solution and the student notebooks, graded in one batch two at a time."""
+    scores = grade_notebooks(SOURCES + STUDENTS, GradingOptions(seed=2026), jobs=2)
+    return scores[: len(SOURCES)], scores[len(SOURCES):]
+
+
+def test_solution_notebooks_score_full_marks(graded_exercises):
+    scores, _ = graded_exercises
     for nb in scores:
         assert not nb.cell_errors, nb.cell_errors
         assert nb.tasks and all(t.passed for t in nb.tasks), [(t.task_id, t.message) for t in nb.tasks]
@@ -78,62 +85,54 @@ def test_solution_notebooks_score_full_marks():
     assert {t.task_id for nb in scores for t in nb.tasks} == {t.id for t in tasks()}
 
 
-def test_student_notebooks_run_to_the_end_and_score_zero():
-    scores = grade_notebooks(STUDENTS, timeout=120)
+def test_student_notebooks_run_to_the_end_and_score_zero(graded_exercises):
+    _, scores = graded_exercises
     for nb in scores:
-        assert not nb.cell_errors, nb.cell_errors  # every cell ran, check cells included
+        assert not nb.cell_errors, nb.cell_errors  # every cell ran
         assert len(nb.tasks) >= 2
         for t in nb.tasks:
             assert (t.status, t.points, t.message) == ("not attempted", 0, "not attempted yet")
 
 
 def _synthetic_notebook(path: Path) -> None:
-    """Tasks that pass around cells that raise, hang and kill the kernel."""
-    setup = new_code_cell("import torch\nimport torch.nn.functional as F\nfrom clcourse.grading import check",
-                          metadata={"tags": ["setup"]})
+    """Exercise set 04 with a passing task around cells that raise, hang (tagged setup) and kill the worker."""
     cells = [
-        setup,
-        new_code_cell("def chord_margin(d_ap, cosine_margin):\n"
-                      "    d = torch.as_tensor(d_ap, dtype=torch.float64)\n"
-                      "    return torch.sqrt(d**2 + 2 * cosine_margin) - d"),
-        new_code_cell('check("05.chord_margin", chord_margin)'),
-        new_code_cell("raise ValueError('broken on purpose')\ndef nt_xent(z1, z2, t=0.5):\n    return 0"),
-        new_code_cell('check("03.nt_xent", nt_xent)'),
-        new_code_cell("while True:\n    pass"),
-        new_code_cell('check("03.temperature_for_share", temperature_for_share)'),
-        new_code_cell("import os\nos._exit(1)"),
-        new_code_cell('check("04.info_nce", info_nce)'),
+        new_code_cell("import torch\nfrom clcourse.grading import check", metadata={"tags": ["setup"]}),
         new_code_cell("def false_negatives(b, probs):\n"
                       "    p = torch.tensor(probs, dtype=torch.float64)\n"
                       "    return 2 * (b - 1) * float((p**2).sum()), 1 - float((p * (1 - p) ** (b - 1)).sum())"),
         new_code_cell('check("04.false_negatives", false_negatives)'),
+        new_code_cell("raise ValueError('broken on purpose')\ndef info_nce(q, p, k, t=0.1):\n    return 0"),
+        new_code_cell("while True:\n    pass", metadata={"tags": ["setup"]}),
+        new_code_cell("import os\nos._exit(1)"),
     ]
     nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}), path)
 
 
 def test_grader_survives_raising_hanging_and_killing_cells(tmp_path, capsys):
-    notebook = tmp_path / "synthetic.ipynb"
+    notebook = tmp_path / "04_synthetic.ipynb"
     _synthetic_notebook(notebook)
     csv_path, json_path = tmp_path / "scores.csv", tmp_path / "scores.json"
-    assert main(["grade", str(notebook), "--timeout", "5", "--csv", str(csv_path), "--json", str(json_path)]) == 0
+    assert main(["grade", str(notebook), "--timeout", "5", "--csv", str(csv_path), "--json", str(json_path),
+                 "--seed", "1"]) == 0
 
     table = capsys.readouterr().out
-    assert "04.false_negatives" in table and "total: 4/10 points" in table
+    assert "04.false_negatives" in table and "total: 2/4 points" in table
 
     rows = {r["task"]: r for r in csv.DictReader(csv_path.open())}
-    assert set(rows) == {"05.chord_margin", "03.nt_xent", "03.temperature_for_share", "04.info_nce", "04.false_negatives"}
-    assert rows["05.chord_margin"]["passed"] == "True" and rows["04.false_negatives"]["passed"] == "True"
-    assert "ValueError: broken on purpose" in rows["03.nt_xent"]["message"]
-    assert "did not finish within 5 s" in rows["03.temperature_for_share"]["message"]
-    assert "killed the kernel" in rows["04.info_nce"]["message"]
-    assert all(rows[t]["points"] == "0" for t in ("03.nt_xent", "03.temperature_for_share", "04.info_nce"))
+    assert set(rows) == {"04.info_nce", "04.false_negatives"}
+    assert rows["04.false_negatives"]["passed"] == "True"
+    assert rows["04.info_nce"]["points"] == "0"
+    assert "defines no function info_nce(); its cell 4 raised ValueError: broken on purpose" in rows["04.info_nce"]["message"]
 
     report = json.loads(json_path.read_text())
     (nb,) = report["notebooks"]
-    assert report["points"] == nb["points"] == 4 and report["max_points"] == nb["max_points"] == 10
-    assert len(nb["cell_errors"]) >= 3
-    statuses = {t["task_id"]: t["status"] for t in nb["tasks"]}
-    assert statuses["04.false_negatives"] == "passed" and statuses["04.info_nce"] == "no result"
+    assert report["points"] == nb["points"] == 2 and report["max_points"] == nb["max_points"] == 4
+    assert report["seed"] == 1 and nb["exercise_set"] == "04"
+    errors = nb["cell_errors"]
+    assert errors[0].startswith("cell 4: raised ValueError")
+    assert "cell 5: did not finish within 5 s" in errors[1]  # its setup tag bought it no time
+    assert errors[2].startswith("cell 6: ended the process running the notebook")
 
 
 def test_grade_reports_missing_notebooks(tmp_path, capsys):
@@ -151,24 +150,30 @@ def test_check_output_is_shown_once_as_html():
     assert "05.chord_margin: failed" in outputs[0].data["text/plain"]
 
 
-def test_a_submission_that_kills_the_grader_loses_only_its_own_rows(tmp_path):
-    """The reports are rewritten after every notebook, so the rows graded before the kill survive it."""
-    import subprocess
-    import sys
+def test_nbgrader_generates_the_same_student_notebooks():
+    """The sources carry nbgrader's cell metadata: its generate_assignment preprocessors accept them and write the
+    stubs `clcourse exercises build` writes, with the registry's points on the check cells."""
+    from nbgrader import utils
+    from nbgrader.preprocessors import CheckCellMetadata, ClearOutput, ClearSolutions, ComputeChecksums, LockCells
 
-    honest, killer = tmp_path / "honest.ipynb", tmp_path / "killer.ipynb"
-    setup = new_code_cell("from clcourse.grading import check\nimport torch", metadata={"tags": ["setup"]})
-    nbformat.write(new_notebook(cells=[setup, new_code_cell(
-        "def false_negatives(b, probs):\n"
-        "    p = torch.tensor(probs, dtype=torch.float64)\n"
-        "    return 2 * (b - 1) * float((p**2).sum()), 1 - float((p * (1 - p) ** (b - 1)).sum())\n"
-        'check("04.false_negatives", false_negatives)')], metadata={"kernelspec": KERNELSPEC}), honest)
-    nbformat.write(new_notebook(cells=[new_code_cell("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")],
-                                metadata={"kernelspec": KERNELSPEC}), killer)
-    csv_path = tmp_path / "scores.csv"
-    run = subprocess.run([sys.executable, "-m", "clcourse", "grade", str(honest), str(killer), "--timeout", "60",
-                          "--csv", str(csv_path)], capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0  # the grader itself was killed
-    rows = list(csv.DictReader(csv_path.open()))
-    assert [(Path(r["notebook"]).name, r["task"], r["passed"]) for r in rows] == [
-        ("honest.ipynb", "04.false_negatives", "True")]
+    def generate(nb):
+        resources: dict = {}
+        for step in (ClearSolutions(code_stub={"python": STUB}), LockCells(), ClearOutput(), CheckCellMetadata(),
+                     ComputeChecksums()):
+            nb, resources = step.preprocess(nb, resources)
+        return nb
+
+    for src, student in zip(SOURCES, STUDENTS):
+        released = generate(nbformat.read(src, as_version=4))
+        built = nbformat.read(student, as_version=4)
+        assert [c.source for c in released.cells] == [c.source for c in built.cells], src.name
+        graded = {c.metadata.nbgrader["grade_id"]: c.metadata.nbgrader["points"] for c in released.cells
+                  if utils.is_grade(c)}
+        assert graded == {t.id.replace(".", "_"): t.points for t in tasks(src.name[:2])}
+        assert all(utils.is_locked(c) for c in released.cells if utils.is_grade(c))
+
+    bare = nbformat.read(SOURCES[0], as_version=4)
+    for cell in bare.cells:
+        cell.metadata.pop("nbgrader", None)
+    with pytest.raises(RuntimeError, match="non-solution cell"):  # why the metadata is there
+        generate(bare)

@@ -42,7 +42,7 @@ def test_momentum_reference_is_the_methods_update():
             torch.testing.assert_close(a, b, msg=name)
     assert any(not torch.equal(a, b) for a, b in zip(key_encoder.state_dict().values(),
                                                      model.encoder.state_dict().values()))
-    for case in _momentum_cases():
+    for case in _momentum_cases(70):
         key, query, m = case.args
         assert any(not torch.equal(a, b) for a, b in zip(query.state_dict().values(), key.state_dict().values()))
 

@@ -1,26 +1,21 @@
-"""What a learner sees after a check, and what the batch grader reads.
+"""What a learner sees after a check.
 
 A :class:`CheckResult` renders as an HTML box in Jupyter and as plain text
-elsewhere.  When the grader runs a notebook it names a file in
-``CLCOURSE_GRADING_LOG``; every check appends one JSON line there, so results
-survive a kernel that dies later in the notebook.
+elsewhere; the batch grader turns the same result into a row of its report.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import os
 from dataclasses import asdict, dataclass
-
-LOG_ENV = "CLCOURSE_GRADING_LOG"
 
 PASSED = "passed"
 FAILED = "failed"
 NOT_ATTEMPTED = "not attempted"
+NOT_GRADED = "not graded"  # the batch grader could not run the task's check (no such function, time up...)
 
-_COLOURS = {PASSED: "#2e7d32", FAILED: "#c62828", NOT_ATTEMPTED: "#757575"}
-_SYMBOLS = {PASSED: "\u2714", FAILED: "\u2718", NOT_ATTEMPTED: "\u2026"}
+_COLOURS = {PASSED: "#2e7d32", FAILED: "#c62828", NOT_ATTEMPTED: "#757575", NOT_GRADED: "#c62828"}
+_SYMBOLS = {PASSED: "\u2714", FAILED: "\u2718", NOT_ATTEMPTED: "\u2026", NOT_GRADED: "\u2718"}
 # The order and labels of the detail rows, in text and HTML alike.
 _DETAILS = (("case", "input"), ("expected", "expected"), ("received", "received"),
             ("problem", "problem"), ("hint", "hint"))
@@ -125,16 +120,3 @@ def show(result: CheckResult) -> None:
         display(result)
     else:
         print(result.message)
-
-
-def log_result(result: CheckResult) -> None:
-    """Append ``result`` as a JSON line to the file named by ``CLCOURSE_GRADING_LOG``, if set.
-
-    The file is opened and closed for each result, so that a line is on disk
-    before any later cell can kill the kernel.
-    """
-    path = os.environ.get(LOG_ENV)
-    if not path:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(result.to_dict()) + "\n")

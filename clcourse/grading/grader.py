@@ -1,58 +1,45 @@
-"""Batch grading: run submitted notebooks in fresh kernels and score every task.
+"""Batch grading: score every submission on every task of its exercise set, trusting none of them.
 
-How failures stay isolated
---------------------------
-* Each notebook runs in its own kernel (nbclient), **one cell at a time**,
-  each cell with its own time limit (setup cells, below, get at least
-  ``SETUP_TIMEOUT`` for their imports), and errors allowed: a cell that
-  raises only loses what depends on it.
-* Scores come from the checks themselves, not from cell outputs: the grader
-  names a fresh file in ``CLCOURSE_GRADING_LOG`` and every ``check()`` appends
-  a JSON line to it (flushed before the next cell runs).  A task whose check
-  never logged scores 0, with the reason taken from the cells that belong to
-  it (the cells after the previous check cell, up to and including its own).
-* A cell that outlives its time limit, or kills its kernel (``os._exit``, a
-  segfault, running out of memory), gets the kernel shut down and a new one
-  started.  The new kernel first re-runs the **setup cells** (code cells
-  tagged ``setup``: imports and shared data), then grading continues with the
-  next cell.  What the lost kernel defined in other cells is gone, so only
-  the task the bad cell belongs to is lost, as long as every task's cells are
-  self-contained (the exercise notebooks are written that way).
-
-Grading trusts the kernel: it is meant for honest learners, not a sandbox
-against a hostile submission.
+How a score is made
+-------------------
+* **The exercise set** comes from ``--set``, else from the notebook's ``clcourse.lesson`` metadata (written
+  by ``clcourse exercises build``) and its file name (``NN_topic.ipynb``), which must agree. Its tasks and
+  their points come from the grader's registry: every task of the set gets a row in every report, a task
+  scores at most its points, and a ``check()`` of another task is reported and ignored.
+* **The notebook supplies code, never results.** Each submission is graded by its own supervisor process
+  (:mod:`clcourse.grading.supervisor`), which runs the notebook's code cells (``check`` calls removed) in a
+  sandboxed worker (:mod:`clcourse.grading.sandbox`), then calls each task's function there on inputs drawn
+  from a seed the submission never sees, receiving plain data (:mod:`clcourse.grading.wire`). The checker,
+  the reference and the comparison run in the supervisor. Nothing the submission writes is read as a score.
+* **A submission alone.** Limits per cell, per task and per notebook that tags cannot change, resource limits
+  (:class:`~clcourse.grading.sandbox.Limits`), and on Linux namespaces that hide the other submissions and
+  kill every process it started (see :mod:`clcourse.grading.sandbox` for what holds where).
+* **The batch survives.** A supervisor that dies costs its submission's tasks (0, with the reason); the
+  reports are rewritten after each submission; ``jobs`` submissions are graded at once.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
-import os
 import re
+import secrets
 import subprocess
-import tempfile
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from tqdm.auto import tqdm
 
-import clcourse
-from clcourse.grading.feedback import LOG_ENV, NOT_ATTEMPTED
-from clcourse.grading.registry import tasks as all_tasks
+from clcourse.grading.feedback import NOT_GRADED
+from clcourse.grading.registry import DEFAULT_CHECK_SECONDS, tasks as registered_tasks
+from clcourse.grading.sandbox import Limits, die_with_parent
 
-SETUP_TAG = "setup"
-# Setup cells import torch and clcourse: tens of seconds on a busy laptop, never a learner's hang.
-SETUP_TIMEOUT = 120
-# nbclient logs timeouts and dead kernels as errors; the score table already says so.
-_NBCLIENT_LOG = logging.getLogger("clcourse.grading.nbclient")
-_NBCLIENT_LOG.addHandler(logging.NullHandler())
-_NBCLIENT_LOG.propagate = False
-NO_RESULT = "no result"
-_CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([^"']+)["']""")
+MAX_NOTEBOOK_BYTES = 50 * 2**20
+_FILE_SET = re.compile(r"^(\d\d)_")
 
 
 @dataclass
@@ -74,11 +61,15 @@ class TaskScore:
 
 @dataclass
 class NotebookScore:
-    """The grading of one notebook: its task rows and the cells that failed."""
+    """The grading of one notebook: its exercise set, its task rows, and what else went wrong."""
 
     notebook: str
+    exercise_set: str = ""
     tasks: list[TaskScore] = field(default_factory=list)
     cell_errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    output: str = ""
+    isolation: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -92,180 +83,162 @@ class NotebookScore:
         return sum(t.max_points for t in self.tasks)
 
 
-def grade_notebook(path: str | Path, timeout: float = 60, kernel_name: str = "python3") -> NotebookScore:
-    """Execute the notebook at ``path`` cell by cell in a fresh kernel and score its tasks.
+def exercise_set_of(path: str | Path, override: str | None = None) -> str:
+    """The exercise set (lesson number, e.g. ``"03"``) a submission answers.
 
-    Args:
-        timeout: seconds each cell may run before its kernel is replaced.
-        kernel_name: the Jupyter kernel to run it in.
+    Raises:
+        ValueError: when it cannot be told, or the notebook's metadata and file name disagree.
     """
-    start = time.monotonic()
+    known = sorted({t.lesson for t in registered_tasks()})
+    if override is not None:
+        wanted = f"{int(override):02d}" if str(override).isdigit() else str(override)
+        if wanted not in known:
+            raise ValueError(f"--set {override}: no such exercise set (known: {', '.join(known)})")
+        return wanted
     path = Path(path)
+    from_name = _FILE_SET.match(path.name)
+    from_metadata = None
+    try:
+        if path.stat().st_size <= MAX_NOTEBOOK_BYTES:
+            meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("clcourse", {})
+            from_metadata = str(meta.get("lesson")) if isinstance(meta, dict) and meta.get("lesson") else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    named = from_name.group(1) if from_name else None
+    if from_metadata and named and from_metadata != named:
+        raise ValueError(f"the notebook's metadata says exercise set {from_metadata} but its file name says {named}: "
+                         "pass --set NN")
+    found = from_metadata or named
+    if found is None:
+        raise ValueError("cannot tell which exercise set this is (no clcourse.lesson metadata, and the file name "
+                         "does not start with NN_): pass --set NN")
+    if found not in known:
+        raise ValueError(f"exercise set {found} has no graded tasks (known: {', '.join(known)}): pass --set NN")
+    return found
+
+
+@dataclass(frozen=True)
+class GradingOptions:
+    """How submissions are graded (the flags of ``clcourse grade``).
+
+    Attributes:
+        cell_timeout: seconds each code cell may run (no tag changes it).
+        task_timeout: seconds each task's check may take.
+        notebook_timeout: seconds for a whole submission, cells and checks.
+        limits: the worker's resources.
+        seed: the hidden seed of the checks' inputs (recorded in the JSON report to re-grade alike).
+        exercise_set: grade every notebook as this set, whatever its name and metadata say.
+    """
+
+    cell_timeout: float = 60
+    task_timeout: float = DEFAULT_CHECK_SECONDS
+    notebook_timeout: float = 900
+    limits: Limits = field(default_factory=Limits)
+    seed: int = field(default_factory=lambda: secrets.randbits(62))
+    exercise_set: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cell_timeout", "task_timeout", "notebook_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+
+
+def grade_notebook(path: str | Path, options: GradingOptions | None = None, hide: list[str] | None = None
+                   ) -> NotebookScore:
+    """Grade one submission in its own supervisor process (see the module docstring)."""
+    options = options or GradingOptions()
+    start = time.monotonic()
     score = NotebookScore(str(path))
     try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as exc:  # unreadable submission: report it, grade the others
-        score.cell_errors.append(f"could not read the notebook: {type(exc).__name__}: {exc}")
+        score.exercise_set = exercise_set_of(path, options.exercise_set)
+    except ValueError as exc:
+        score.notes.append(str(exc))
         return score
-    fd, log = tempfile.mkstemp(prefix="clcourse-grading-", suffix=".jsonl")
-    os.close(fd)
+    job = {"path": str(Path(path).resolve()), "exercise_set": score.exercise_set, "seed": options.seed,
+           "limits": asdict(options.limits), "cell_timeout": options.cell_timeout,
+           "task_timeout": options.task_timeout, "notebook_timeout": options.notebook_timeout,
+           "hide": sorted(set(hide or []) | {str(Path(path).resolve())})}
+    report, failure = None, ""
     try:
-        errors = _execute(nb, path.resolve().parent, timeout, kernel_name, _kernel_env(log))
-        results = _read_log(log)
-    finally:
-        os.unlink(log)
-    score.cell_errors = [f"cell {i + 1}: {e}" for i, e in sorted(errors.items())]
-    score.tasks = _score_tasks(nb, str(path), results, errors)
+        run = subprocess.run([sys.executable, "-m", "clcourse.grading.supervisor"], input=json.dumps(job),
+                             capture_output=True, text=True, timeout=options.notebook_timeout + 120,
+                             start_new_session=True, preexec_fn=die_with_parent)
+        report = _parse_report(run.stdout)
+        if report is None:
+            failure = f"its grading process ended with status {run.returncode} " + _tail(run.stderr)
+    except subprocess.TimeoutExpired:
+        failure = f"its grading process outlived the notebook's limit of {options.notebook_timeout:g} s"
+    if report is None:
+        score.tasks = [TaskScore(str(path), t.id, NOT_GRADED, 0, t.points, f"not graded: {failure}")
+                       for t in registered_tasks(score.exercise_set)]
+    else:
+        max_points = {t.id: t.points for t in registered_tasks(score.exercise_set)}
+        rows = {r.get("task_id"): r for r in report.get("tasks", []) if isinstance(r, dict)}
+        for task_id, points in max_points.items():  # the registry's tasks, the registry's points
+            r = rows.get(task_id, {"status": NOT_GRADED, "points": 0, "problem": "no result for this task"})
+            earned = min(int(r.get("points", 0)), points) if r.get("status") == "passed" else 0
+            score.tasks.append(TaskScore(str(path), task_id, str(r.get("status")), earned, points, _summary(r)))
+        score.cell_errors = [str(e) for e in report.get("cell_errors", [])]
+        score.notes += [str(n) for n in report.get("notes", [])]
+        score.output = str(report.get("output", ""))
+        score.isolation = report.get("isolation", {}) if isinstance(report.get("isolation"), dict) else {}
     score.seconds = time.monotonic() - start
     return score
 
 
-def grade_notebooks(paths, timeout: float = 60, kernel_name: str = "python3", *,
-                    on_graded=None) -> list[NotebookScore]:
-    """Grade each notebook in turn (see :func:`grade_notebook`).
-
-    ``on_graded(scores_so_far)`` is called after each notebook: the CLI writes its CSV and JSON there, so a
-    submission that kills the grader loses only its own rows.
-    """
-    scores: list[NotebookScore] = []
-    for path in paths:
-        scores.append(grade_notebook(path, timeout, kernel_name))
-        if on_graded is not None:
-            on_graded(scores)
-    return scores
-
-
-def _kernel_env(log: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env[LOG_ENV] = log
-    # Let the kernel import this very clcourse even from an uninstalled checkout.
-    package_root = str(Path(clcourse.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _execute(nb, cwd: Path, timeout: float, kernel_name: str, env: dict) -> dict[int, str]:
-    """Run every code cell; return {cell index: what went wrong} for the cells that failed."""
-    cells = nb.cells
-    setup = [i for i, c in enumerate(cells) if _is_setup(c)]
-    errors: dict[int, str] = {}
-    next_cell = 0
-    while next_cell < len(cells):
-        client = NotebookClient(nb, timeout_func=lambda cell: _time_limit(cell, timeout),
-                                kernel_name=kernel_name, allow_errors=True,
-                                shutdown_kernel="immediate", resources={"metadata": {"path": str(cwd)}},
-                                log=_NBCLIENT_LOG)
-        # The kernel process's own stdout/stderr carry only launcher noise (cell
-        # outputs travel over ZMQ), which would garble the score table.
-        with client.setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
-            if next_cell > 0 and not _rerun_setup(client, cells, setup, next_cell, timeout):
-                errors[next_cell] = "not run: re-running the setup cells in a new kernel failed"
-                break
-            for i in range(next_cell, len(cells)):
-                if cells[i].cell_type != "code":
-                    continue
-                problem, kernel_lost = _run_cell(client, cells, i, timeout)
-                if problem:
-                    errors[i] = problem
-                if kernel_lost:
-                    next_cell = i + 1
-                    break
-            else:
-                next_cell = len(cells)
-    return errors
-
-
-def _is_setup(cell) -> bool:
-    return cell.cell_type == "code" and SETUP_TAG in cell.metadata.get("tags", [])
-
-
-def _time_limit(cell, timeout: float) -> float:
-    return max(timeout, SETUP_TIMEOUT) if _is_setup(cell) else timeout
-
-
-def _rerun_setup(client: NotebookClient, cells, setup: list[int], before: int, timeout: float) -> bool:
-    """Restore a replacement kernel's imports and shared data; False if that kernel is lost too."""
-    return not any(_run_cell(client, cells, i, timeout)[1] for i in setup if i < before)
-
-
-def _run_cell(client: NotebookClient, cells, index: int, timeout: float) -> tuple[str | None, bool]:
-    """Execute one cell: (what went wrong or None, whether the kernel must be replaced)."""
-    cell = cells[index]
+def _parse_report(stdout: str) -> dict | None:
+    lines = stdout.strip().splitlines()
     try:
-        client.execute_cell(cell, index)
-    except CellTimeoutError:
-        limit = _time_limit(cell, timeout)
-        return f"did not finish within {limit:g} s (stopped; later cells ran in a new kernel)", True
-    except DeadKernelError:
-        return "killed the kernel (later cells ran in a new one)", True
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "error":
-            return f"raised {out.get('ename')}: {out.get('evalue')}", False
-    return None, False
+        report = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+    return report if isinstance(report, dict) else None
 
 
-def _read_log(path: str) -> dict[str, dict]:
-    """The last logged result of each task (a learner may run a check several times)."""
-    results: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-                results[entry["task_id"]] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a line cut short by a dying kernel
-    return results
+def _tail(text: str) -> str:
+    last = [line for line in text.strip().splitlines() if line.strip()][-1:]
+    return f"({last[0][:200]})" if last else "(no message)"
 
 
-def _score_tasks(nb, name: str, results: dict[str, dict], errors: dict[int, str]) -> list[TaskScore]:
-    """One row per task of the notebook: its lesson's tasks plus any task it checks."""
-    known = {t.id: t for t in all_tasks()}
-    owner = _cell_owners(nb)
-    lesson = str(nb.metadata.get("clcourse", {}).get("lesson", ""))
-    wanted = {t.id for t in all_tasks() if lesson and t.lesson == lesson}
-    wanted |= {tid for tid in set(owner.values()) | set(results) if tid in known}
-    rows = []
-    for tid in (t.id for t in all_tasks() if t.id in wanted):
-        task = known[tid]
-        entry = results.get(tid)
-        if entry is not None:
-            rows.append(TaskScore(name, tid, entry["status"], int(entry["points"]), task.points,
-                                  _summary(entry)))
-            continue
-        cell_problems = [f"cell {i + 1} {errors[i]}" for i in sorted(errors) if owner.get(i) == tid]
-        if cell_problems:
-            why = "its check did not run: " + "; ".join(cell_problems)
-        elif tid in owner.values():
-            why = "its check cell never ran"
-        else:
-            why = f"the notebook has no check cell for it (check({tid!r}, ...))"
-        rows.append(TaskScore(name, tid, NO_RESULT, 0, task.points, why))
-    return rows
+def grade_notebooks(paths, options: GradingOptions | None = None, *, jobs: int = 1, hide: list[str] | None = None,
+                    on_graded=None, progress: bool = False) -> list[NotebookScore]:
+    """Grade every notebook (``jobs`` at a time); the scores in the order of ``paths``.
 
-
-def _cell_owners(nb) -> dict[int, str]:
-    """Map each code cell to the task of the first check call at or after it."""
-    owner: dict[int, str] = {}
-    pending: list[int] = []
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        pending.append(i)
-        called = _CHECK_CALL.findall(cell.source)
-        if called:
-            for j in pending:
-                owner[j] = called[0]
-            pending = []
-    return owner
+    Args:
+        options: see :class:`GradingOptions`.
+        jobs: submissions graded at once, each in its own supervisor and worker.
+        hide: files no submission may read (reports, the seed file); every submission is hidden from the others.
+        on_graded: ``on_graded(scores_so_far)`` after each submission (in the order of ``paths``): the CLI
+            rewrites its reports there.
+        progress: show a progress bar over the submissions (on stderr).
+    """
+    options = options or GradingOptions()
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    paths = [Path(p) for p in paths]
+    hidden = sorted({str(p.resolve()) for p in paths} | set(hide or []))
+    done: dict[int, NotebookScore] = {}
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(paths), unit="notebook", desc="grading",
+                                                             disable=not progress, file=sys.stderr) as bar:
+        futures = {pool.submit(grade_notebook, p, options, hidden): i for i, p in enumerate(paths)}
+        for future in as_completed(futures):
+            with lock:
+                done[futures[future]] = future.result()
+                bar.update(1)
+                if on_graded is not None:
+                    on_graded([done[i] for i in sorted(done)])
+    return [done[i] for i in range(len(paths))]
 
 
 def _summary(entry: dict) -> str:
-    """The feedback of a logged check in one line."""
-    if entry["status"] == "passed":
+    """The feedback of a task in one line."""
+    status = entry.get("status")
+    if status == "passed":
         return "passed"
-    if entry["status"] == NOT_ATTEMPTED:
+    if status == "not attempted":
         return "not attempted yet"
-    parts = [entry.get("problem", "")]
+    parts = [str(entry.get("problem", ""))]
     if entry.get("case"):
         parts.append(f"input: {entry['case']}")
     if entry.get("hint"):
@@ -280,7 +253,8 @@ def format_table(scores: list[NotebookScore], width: int = 110) -> str:
     """
     lines = []
     for nb in scores:
-        lines.append(f"{nb.notebook}  ({nb.points}/{nb.max_points} points, {nb.seconds:.1f} s)")
+        which = f"exercise set {nb.exercise_set}, " if nb.exercise_set else ""
+        lines.append(f"{nb.notebook}  ({which}{nb.points}/{nb.max_points} points, {nb.seconds:.1f} s)")
         lines.append(f"  {'task':<22} {'passed':<7} {'points':<7} message")
         for t in nb.tasks:
             msg = t.message if len(t.message) <= width - 40 else t.message[: width - 43] + "..."
@@ -288,7 +262,7 @@ def format_table(scores: list[NotebookScore], width: int = 110) -> str:
                          f"{f'{t.points}/{t.max_points}':<7} {msg}")
         if not nb.tasks:
             lines.append("  (no graded tasks)")
-        lines.extend(f"  ! {e}" for e in nb.cell_errors)
+        lines.extend(f"  ! {e}" for e in nb.notes + nb.cell_errors)
         lines.append("")
     total = sum(s.points for s in scores)
     available = sum(s.max_points for s in scores)
@@ -311,17 +285,22 @@ def write_csv(scores: list[NotebookScore], path: str | Path) -> None:
             for t in nb.tasks:
                 writer.writerow([nb.notebook, t.task_id, t.task_id.split(".")[0], t.status, t.passed,
                                  t.points, t.max_points, t.message])
+            if not nb.tasks:  # the set could not be told: the submission still has its row, with the reason
+                writer.writerow([nb.notebook, "", "", NOT_GRADED, False, 0, 0, "; ".join(nb.notes)])
     partial.replace(path)
 
 
-def write_json(scores: list[NotebookScore], path: str | Path) -> None:
-    """The whole report as JSON: totals, and per notebook its tasks and failed cells."""
+def write_json(scores: list[NotebookScore], path: str | Path, seed: int | None = None) -> None:
+    """The whole report as JSON: totals, the seed, and per notebook its set, tasks, failed cells, notes,
+    isolation and the start of its output."""
     report = {
         "points": sum(s.points for s in scores),
         "max_points": sum(s.max_points for s in scores),
+        "seed": seed,
         "notebooks": [
-            {"notebook": s.notebook, "points": s.points, "max_points": s.max_points,
-             "seconds": round(s.seconds, 2), "cell_errors": s.cell_errors,
+            {"notebook": s.notebook, "exercise_set": s.exercise_set, "points": s.points,
+             "max_points": s.max_points, "seconds": round(s.seconds, 2), "cell_errors": s.cell_errors,
+             "notes": s.notes, "isolation": s.isolation, "output": s.output,
              "tasks": [{**asdict(t), "passed": t.passed} for t in s.tasks]}
             for s in scores
         ],

@@ -10,6 +10,7 @@ hint names the mistake.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import re
 import traceback
@@ -23,6 +24,51 @@ import torch
 import clcourse
 
 RAISED = object()  # stands for "this call raised" where None could be a real (wrong) result
+
+PROBES: dict[str, Callable] = {}
+_case_secret: list[int | None] = [None]
+
+
+def probe(fn: Callable) -> Callable:
+    """Register ``fn(answer, *plain_args) -> plain data`` as a probe: the part of a check that runs the answer.
+
+    When grading, a probe runs in the submission's worker (:mod:`clcourse.grading.worker`) and only its plain
+    result comes back; the comparison with the reference stays in the grader. See :func:`run_probe`.
+    """
+    PROBES[f"{fn.__module__}:{fn.__qualname__}"] = fn
+    return fn
+
+
+def run_probe(answer: Any, fn: Callable, *args: Any) -> Any:
+    """``fn(answer, *args)``, run where the answer lives: in the grading worker when ``answer`` is remote."""
+    remote = getattr(answer, "run_probe", None)
+    return remote(f"{fn.__module__}:{fn.__qualname__}", args) if remote is not None else fn(answer, *args)
+
+
+def case_seed(base: int) -> int:
+    """The seed of a check's random inputs: ``base`` in the notebook, a hidden one when grading.
+
+    The batch grader sets a secret (:func:`hidden_cases`), so a submission cannot know the inputs it is
+    graded on from this public code.
+    """
+    secret = _case_secret[0]
+    if secret is None:
+        return base
+    digest = hashlib.sha256(f"{secret}:{base}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class hidden_cases:  # noqa: N801  (used as a context manager, like torch.no_grad)
+    """Within this block, :func:`case_seed` derives every seed from ``secret``."""
+
+    def __init__(self, secret: int | None) -> None:
+        self.secret = secret
+
+    def __enter__(self) -> None:
+        self.previous, _case_secret[0] = _case_secret[0], self.secret
+
+    def __exit__(self, *exc: Any) -> None:
+        _case_secret[0] = self.previous
 
 
 class NotAttempted(Exception):
@@ -106,6 +152,9 @@ _LIBRARY_DIRS = tuple(str(Path(m.__file__).resolve().parent) for m in (torch, cl
 
 def _learner_line(exc: BaseException) -> str:
     """The deepest traceback line outside torch and clcourse: usually the learner's own code."""
+    remote_line = getattr(exc, "learner_line", None)  # an exception raised in the grading worker
+    if isinstance(remote_line, str):
+        return remote_line
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if not str(Path(f.filename).resolve()).startswith(_LIBRARY_DIRS)]
     if not frames:
@@ -300,6 +349,10 @@ _NO_AUTOGRAD = ("The check runs your function with autograd switched off (infere
 
 
 def _without_autograd(answer: Callable) -> Callable:
+    remote = getattr(answer, "without_autograd", None)
+    if remote is not None:
+        return remote()
+
     def in_inference_mode(*args, **kwargs):
         with torch.inference_mode():
             return answer(*args, **kwargs)

@@ -10,6 +10,7 @@ from clcourse.grading.harness import (
     Failure,
     Mistake,
     call_answer,
+    case_seed,
     compare_with_reference,
     describe,
 )
@@ -74,7 +75,7 @@ _JITTER_MISTAKES = [
 
 
 def _jitter_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(case_seed(1))
 
     def rand(*shape, low=0.0, high=1.0, dtype=torch.float32):
         return (low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64)).to(dtype)
@@ -96,7 +97,7 @@ def _jitter_cases() -> list[Case]:
     ]
 
 
-@task("01.color_jitter", "batched brightness + saturation jitter, one factor pair per sample, by broadcasting", 2)
+@task("01.color_jitter", "batched brightness + saturation jitter, one factor pair per sample, by broadcasting", 2, answer="color_jitter")
 def check_color_jitter(answer) -> None:
     """Compare with torchvision.transforms.v2.functional, sample by sample."""
     compare_with_reference(
@@ -129,11 +130,20 @@ def _design_data():
     return train, test
 
 
-def _keeps_a_shortcut(augment) -> tuple[str, str] | None:
-    """(problem, hint) when a BatchedAugment leaves a shortcut that lesson 01 measured, else None."""
+def _is_batched_augment(augment) -> bool:
+    """A BatchedAugment, here or in the grading worker (whose plain settings were copied)."""
     from clcourse.augment import BatchedAugment
 
-    if not isinstance(augment, BatchedAugment):
+    return isinstance(augment, BatchedAugment) or getattr(augment, "type_name", "") == "clcourse.augment.BatchedAugment"
+
+
+def _keeps_a_shortcut(augment) -> tuple[str, str] | None:
+    """(problem, hint) when a BatchedAugment leaves a shortcut that lesson 01 measured, else None.
+
+    When grading, the settings come from the submission's worker: a pipeline that misreports them is not
+    turned down here, and is then trained and measured like any other.
+    """
+    if not _is_batched_augment(augment):
         return None
     changes_colour = (augment.jitter_p > 0 and any(j > 0 for j in augment.jitter)) or augment.gray_p > 0
     moves_content = tuple(augment.crop_scale) != (1.0, 1.0) or augment.rotation_degrees > 0
@@ -154,19 +164,17 @@ def _keeps_a_shortcut(augment) -> tuple[str, str] | None:
 
 
 def _design_hint(augment) -> str:
-    from clcourse.augment import BatchedAugment
-
-    if isinstance(augment, BatchedAugment) and augment.crop_scale[0] < 0.15:
+    if _is_batched_augment(augment) and augment.crop_scale[0] < 0.15:
         return ("Your crops can cover less than 15% of a 16-px image: a few pixels of a shape do not show which "
                 "shape it is. Keep the smallest crop larger (lesson 01 used 30%).")
-    if isinstance(augment, BatchedAugment) and augment.jitter_p < 0.5 and augment.gray_p < 0.3:
+    if _is_batched_augment(augment) and augment.jitter_p < 0.5 and augment.gray_p < 0.3:
         return ("Colour changes too rarely: with jitter_p and gray_p small, most pairs of views still share the "
                 "image's colours. Lesson 01 used jitter with p = 0.8 at strength 2 and grayscale with p = 0.5.")
     return ("Both shortcuts must go in the same pair of views: a crop that moves and rescales the shape, and a "
             "colour distortion strong and frequent enough that colour no longer identifies the image.")
 
 
-@task("01.shortcut_free_views", "design: views whose shortcuts are gone, accepted when the shape probe rises", 2)
+@task("01.shortcut_free_views", "design: views whose shortcuts are gone, accepted when the shape probe rises", 2, answer="augment_for_shapes")
 def check_shortcut_free_views(answer) -> None:
     """Train SimCLR on the learner's views (unprinted data) and accept when the shape probe clears the threshold."""
     from clcourse.lessons.augmentations import train_and_probe

@@ -13,9 +13,12 @@ from clcourse.grading.harness import (
     Failure,
     Mistake,
     call_answer,
+    case_seed,
     compare_with_reference,
     describe,
     first_difference,
+    probe,
+    run_probe,
 )
 from clcourse.grading.registry import task
 
@@ -53,16 +56,43 @@ def _with_weights(kind: str, linears: list[nn.Linear], bn: nn.BatchNorm1d) -> nn
     return head
 
 
-@task("02.projection_head", "SimCLR's nonlinear projection head: Linear-BN-ReLU-Linear", 2)
+@probe
+def _head_trace(answer, dims: tuple, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, other: torch.Tensor) -> dict:
+    """Everything the check reads from ``answer(*dims)``, as plain data.
+
+    The head's output on ``x`` (training mode); on ``a``, ``b``, ``a + b`` and 0 (evaluation mode); on ``other``
+    (training mode, ``x`` with all rows but the first replaced); and the weights of its Linear and BatchNorm1d
+    layers, in module order.
+    """
+    in_dim, hidden, out_dim = dims
+    case = f"in_dim={in_dim}, hidden_dim={hidden}, out_dim={out_dim}, a batch of 64 random vectors"
+    head = _build_head(answer, tuple(dims))
+    trace = {"y": _forward(head, x, case, train=True)}
+    try:
+        trace["eval"] = [_forward(head, v, case, train=False) for v in (a, b, a + b, torch.zeros_like(a))]
+        trace["y_other"] = _forward(head, other, case, train=True)
+    except Failure as f:  # reported only if the first output passes its checks, as in a step-by-step check
+        trace["later_failure"] = [f.case, f.problem, f.hint]
+    trace["linears"] = [[m.weight.detach(), None if m.bias is None else m.bias.detach()]
+                        for m in head.modules() if isinstance(m, nn.Linear)]
+    trace["norms"] = [{"config": [m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats],
+                       "state": dict(m.state_dict())} for m in head.modules() if isinstance(m, nn.BatchNorm1d)]
+    return trace
+
+
+@task("02.projection_head", "SimCLR's nonlinear projection head: Linear-BN-ReLU-Linear", 2, answer="projection_head")
 def check_projection_head(answer) -> None:
     """Shape, nonlinearity, no final activation, batch dependence, then clcourse.encoders.ProjectionHead."""
-    g = torch.Generator().manual_seed(3)
+    g = torch.Generator().manual_seed(case_seed(3))
     for dims in [(16, 32, 8), (12, 12, 20)]:
         in_dim, hidden, out_dim = dims
         case = f"in_dim={in_dim}, hidden_dim={hidden}, out_dim={out_dim}, a batch of 64 random vectors"
-        head = _build_head(answer, dims)
         x = torch.randn(64, in_dim, generator=g)
-        y = _forward(head, x, case, train=True)
+        a, b = torch.randn(2, 64, in_dim, generator=g)
+        other = x.clone()
+        other[1:] = torch.randn(63, in_dim, generator=g) * 3 + 1
+        trace = run_probe(answer, _head_trace, dims, x, a, b, other)
+        y = trace["y"]
         if not isinstance(y, torch.Tensor) or y.shape != (64, out_dim):
             raise Failure(case, "wrong output: expected a [batch, out_dim] tensor",
                           expected=f"a tensor of shape [64, {out_dim}]", received=describe(y),
@@ -71,23 +101,45 @@ def check_projection_head(answer) -> None:
             raise Failure(case, "no output is negative", received=describe(y),
                           hint="There is an activation after the last layer. The head ends with a Linear "
                                "layer: the loss normalises z, and a final ReLU would throw away half the space.")
-        a, b = torch.randn(2, 64, in_dim, generator=g)
-        fa, fb, fab, f0 = (_forward(head, v, case, train=False) for v in (a, b, a + b, torch.zeros_like(a)))
+        if "later_failure" in trace:
+            raise Failure(*trace["later_failure"][:2], hint=trace["later_failure"][2])
+        outputs = [*trace["eval"], trace["y_other"]]
+        if not all(isinstance(o, torch.Tensor) and o.shape == y.shape for o in outputs):
+            raise Failure(case, "the head's output changes type or shape between calls",
+                          received="; ".join(describe(o, 2) for o in outputs),
+                          hint=f"The layers must be {_HEAD_ORDER}, with nothing that depends on the call.")
+        fa, fb, fab, f0 = trace["eval"]
         if torch.allclose(fa + fb, fab + f0, atol=1e-4):
             raise Failure(case, "the head is an affine map: f(a) + f(b) = f(a + b) + f(0)",
                           hint="There is no ReLU between the layers, and stacked linear layers collapse "
                                "into one linear map. Put nn.ReLU() after the BatchNorm.")
-        other = x.clone()
-        other[1:] = torch.randn(63, in_dim, generator=g) * 3 + 1
-        if torch.allclose(_forward(head, other, case, train=True)[0], y[0], atol=1e-5):
+        if torch.allclose(trace["y_other"][0], y[0], atol=1e-5):
             raise Failure(case, "in training mode a sample's output does not depend on the rest of the batch",
                           hint="There is no BatchNorm1d after the first Linear layer.")
-        _compare_with_package(head, x, y, case)
+        _compare_with_package(trace, x, y, case)
 
 
-def _compare_with_package(head: nn.Module, x: torch.Tensor, y: torch.Tensor, case: str) -> None:
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    norms = [m for m in head.modules() if isinstance(m, nn.BatchNorm1d)]
+def _layers(trace: dict) -> tuple[list[nn.Linear], list[nn.BatchNorm1d]]:
+    """The learner's Linear and BatchNorm1d layers, rebuilt from their weights."""
+    linears = []
+    for weight, bias in trace["linears"]:
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+        linears.append(linear)
+    norms = []
+    for norm in trace["norms"]:
+        features, eps, momentum, affine, track = norm["config"]
+        layer = nn.BatchNorm1d(features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track)
+        layer.load_state_dict(norm["state"])
+        norms.append(layer)
+    return linears, norms
+
+
+def _compare_with_package(trace: dict, x: torch.Tensor, y: torch.Tensor, case: str) -> None:
+    linears, norms = _layers(trace)
     if len(linears) != 2 or len(norms) != 1:
         raise Failure(case, f"found {len(linears)} nn.Linear and {len(norms)} nn.BatchNorm1d modules",
                       hint=f"The head has exactly two Linear layers and one BatchNorm1d: {_HEAD_ORDER}.")
@@ -156,7 +208,7 @@ _UNSEEN_MISTAKES = [
 
 
 def _unseen_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(22)
+    g = torch.Generator().manual_seed(case_seed(22))
 
     def features(n, d, scales):
         return torch.randn(n, d, generator=g, dtype=torch.float64) * torch.tensor(scales, dtype=torch.float64) + 3.0
@@ -178,7 +230,7 @@ def _unseen_cases() -> list[Case]:
     ]
 
 
-@task("02.unseen_variance", "derive: how much of the features' variance a linear head cannot see", 2)
+@task("02.unseen_variance", "derive: how much of the features' variance a linear head cannot see", 2, answer="variance_the_head_ignores")
 def check_unseen_variance(answer) -> None:
     """Compare with the orthogonal projection onto the head's row space, on heads and features the lesson does not print."""
     compare_with_reference(

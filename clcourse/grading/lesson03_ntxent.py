@@ -9,6 +9,7 @@ from clcourse import losses
 from clcourse.grading.harness import (
     Case,
     Mistake,
+    case_seed,
     compare_with_reference,
     keeps_gradient,
 )
@@ -80,7 +81,7 @@ _NT_XENT_MISTAKES = [
 
 
 def _embedding_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(6)
+    g = torch.Generator().manual_seed(case_seed(6))
 
     def views(n, d, noise=0.5, dtype=torch.float32, scale=1.0):
         base = torch.randn(n, d, generator=g, dtype=torch.float64) * scale
@@ -101,7 +102,7 @@ def _embedding_cases() -> list[Case]:
     ]
 
 
-@task("03.nt_xent", "NT-Xent (SimCLR's loss) from scratch: 2N anchors, self-similarity masked", 2)
+@task("03.nt_xent", "NT-Xent (SimCLR's loss) from scratch: 2N anchors, self-similarity masked", 2, answer="nt_xent")
 def check_nt_xent(answer) -> None:
     """Compare with clcourse.losses.nt_xent."""
     compare_with_reference(
@@ -159,7 +160,7 @@ _SHARE_MISTAKES = [
 
 
 def _share_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(33)
+    g = torch.Generator().manual_seed(case_seed(33))
 
     def cosines(m, spread=0.3):
         return (torch.rand(m, generator=g, dtype=torch.float64) * 2 - 1) * spread + 0.2
@@ -174,7 +175,7 @@ def _share_cases() -> list[Case]:
 
 
 @task("03.temperature_for_share", "derive: the temperature at which the k most similar candidates carry a given "
-                                  "share of the softmax weight", 2)
+                                  "share of the softmax weight", 2, answer="temperature_for_share")
 def check_temperature_for_share(answer) -> None:
     """Compare with a bisection on log t, on similarities the lesson does not print (relative tolerance 1e-4)."""
     compare_with_reference(

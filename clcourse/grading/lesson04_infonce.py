@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +11,7 @@ from clcourse import losses
 from clcourse.grading.harness import (
     Case,
     Mistake,
+    case_seed,
     compare_with_reference,
     keeps_gradient,
 )
@@ -62,7 +65,7 @@ _INFO_NCE_MISTAKES = [
 
 
 def _info_nce_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(case_seed(7))
 
     def batch(n, k, d, noise=0.5, dtype=torch.float32):
         q = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -81,7 +84,7 @@ def _info_nce_cases() -> list[Case]:
     ]
 
 
-@task("04.info_nce", "InfoNCE with a shared queue of K negatives (MoCo), positive at logit 0", 2)
+@task("04.info_nce", "InfoNCE with a shared queue of K negatives (MoCo), positive at logit 0", 2, answer="info_nce")
 def check_info_nce(answer) -> None:
     """Compare with clcourse.losses.info_nce(query, positive, negatives=queue [K, D], temperature)."""
     compare_with_reference(
@@ -160,10 +163,19 @@ def _false_negative_cases() -> list[Case]:
         Case("B = 1 (no other image: no negative at all)", (1, [0.25] * 4)),
         Case("B = 4, a single class (every negative is a false negative)", (4, [1.0])),
         Case("B = 256, 1,000 classes, one of them holding 10% of the images", (256, [0.1] + [0.9 / 999] * 999)),
+        _random_false_negative_case(random.Random(case_seed(40))),
     ]
 
 
-@task("04.false_negatives", "derive: how many false negatives a SimCLR anchor has, and how often at least one", 2)
+def _random_false_negative_case(rng: random.Random) -> Case:
+    batch, classes = rng.randint(3, 300), rng.randint(2, 20)
+    weights = [rng.random() + 0.05 for _ in range(classes)]
+    shares = [w / sum(weights) for w in weights]
+    return Case(f"B = {batch}, {classes} classes with p = ({', '.join(f'{p:.3f}' for p in shares)})",
+                (batch, shares))
+
+
+@task("04.false_negatives", "derive: how many false negatives a SimCLR anchor has, and how often at least one", 2, answer="false_negatives")
 def check_false_negatives(answer) -> None:
     """Compare (expected count, probability of at least one) with the derivation, on unprinted settings."""
     compare_with_reference(

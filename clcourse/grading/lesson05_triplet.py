@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 
@@ -9,6 +11,7 @@ from clcourse import losses
 from clcourse.grading.harness import (
     Case,
     Mistake,
+    case_seed,
     compare_with_reference,
     describe,
 )
@@ -72,10 +75,16 @@ def _chord_cases() -> list[Case]:
         Case("d(a, p) = tensor([0.2, 0.8, 1.4]) (one margin per triplet), cosine margin 0.05",
              (torch.tensor([0.2, 0.8, 1.4], dtype=torch.float64), 0.05)),
         Case("d(a, p) = 0.9, cosine margin 0 (no margin in either unit)", (0.9, 0.0)),
+        _random_chord_case(random.Random(case_seed(50))),
     ]
 
 
-@task("05.chord_margin", "derive: the chord (Euclidean) margin that matches a cosine margin, per triplet", 2)
+def _random_chord_case(rng: random.Random) -> Case:
+    distance, margin = round(rng.uniform(0.05, 1.9), 4), round(rng.uniform(0.01, 0.5), 4)
+    return Case(f"d(a, p) = {distance}, cosine margin {margin}", (distance, margin))
+
+
+@task("05.chord_margin", "derive: the chord (Euclidean) margin that matches a cosine margin, per triplet", 2, answer="chord_margin")
 def check_chord_margin(answer) -> None:
     """Compare with sqrt(d_ap^2 + 2 m_cos) - d_ap on settings the lesson does not print."""
     compare_with_reference(
@@ -183,7 +192,7 @@ _SEMI_HARD_MISTAKES = [
 
 
 def _semi_hard_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(10)
+    g = torch.Generator().manual_seed(case_seed(10))
 
     def batch(n, d, classes):
         labels = torch.arange(n) % classes
@@ -201,7 +210,7 @@ def _semi_hard_cases() -> list[Case]:
     ]
 
 
-@task("05.semi_hard", "FaceNet's semi-hard negative for every positive pair (with the least-hard fallback)", 2)
+@task("05.semi_hard", "FaceNet's semi-hard negative for every positive pair (with the least-hard fallback)", 2, answer="semi_hard")
 def check_semi_hard(answer) -> None:
     """Compare the set of triplets with clcourse.losses.mine_triplets(..., "semi-hard")."""
     reference = _as_triplet_table(lambda e, l, m: losses.mine_triplets(e, l, "semi-hard", m))

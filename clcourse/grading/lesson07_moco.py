@@ -6,21 +6,25 @@
 from __future__ import annotations
 
 import copy
+import random
 
 import torch
 from torch import nn
 
 from clcourse.encoders import SmallCNN
 from clcourse.grading.harness import (
+    RAISED,
     Case,
     Failure,
     Mistake,
     call_answer,
+    case_seed,
     compare_with_reference,
     describe,
     diagnose,
     first_difference,
-    try_run,
+    probe,
+    run_probe,
 )
 from clcourse.grading.registry import task
 
@@ -106,8 +110,8 @@ def _mlp(dtype=torch.float32) -> nn.Module:
     return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
 
 
-def _momentum_cases() -> list[Case]:
-    torch.manual_seed(70)  # reproducible weights (check() restores the learner's RNG)
+def _momentum_cases(seed: int) -> list[Case]:
+    torch.manual_seed(seed)  # reproducible weights (check() restores the learner's RNG)
     mlp = "nn.Sequential(Linear(5, 8), BatchNorm1d(8), ReLU(), Linear(8, 3))"
     return [
         Case(f"query_net {mlp} trained a little (new weights and batch-norm statistics) since key_net was "
@@ -162,42 +166,61 @@ _MOMENTUM_ERRORS = [
 ]
 
 
-def _updated_in_place(key_before: list[torch.Tensor], key: nn.Module, case: Case) -> None:
-    """The key network must keep its own tensors, outside the autograd graph."""
+@probe
+def _momentum_trace(answer, seed: int, index: int) -> dict:
+    """Run ``answer`` on case ``index`` of ``_momentum_cases(seed)``: every tensor of both networks after the
+    call, whether the key network's parameters were replaced, and whether they joined the autograd graph."""
+    case = _momentum_cases(seed)[index]
+    (key, query, m), _ = case.fresh()
+    key_before = list(key.parameters())
+    call_answer(answer, (key, query, m), {}, case.name, _MOMENTUM_ERRORS)
     params = list(key.parameters())
-    if any(a is not b for a, b in zip(key_before, params)):
+    return {"state": _state(key, "key") + _state(query, "query"),
+            "replaced": any(a is not b for a, b in zip(key_before, params)),
+            "in_graph": any(p.grad_fn is not None for p in params)}
+
+
+def _try_trace(answer, seed: int, index: int):
+    try:
+        return run_probe(answer, _momentum_trace, seed, index)["state"]
+    except Exception:  # an answer that fails on this case matches no mistake there
+        return RAISED
+
+
+def _updated_in_place(trace: dict, case: Case) -> None:
+    """The key network must keep its own tensors, outside the autograd graph."""
+    if trace["replaced"]:
         raise Failure(case.name, "the key network's parameters were replaced by new tensors",
                       hint="Write into the existing tensors (k.mul_(m).add_(q, alpha=1 - m), k.lerp_(q, 1 - m) "
                            "or k.copy_(...)): MoCo's optimiser and checkpoints hold on to them.")
-    if any(p.grad_fn is not None for p in params):
+    if trace["in_graph"]:
         raise Failure(case.name, "the key network's parameters are now part of the autograd graph",
                       hint="Do the update under torch.no_grad() (a `with torch.no_grad():` block or the "
                            "@torch.no_grad() decorator): otherwise every step links the key encoder to the "
                            "query encoder's graph and backward() reaches it.")
 
 
-@task("07.momentum_update", "MoCo's momentum update of the key network, in place, parameters and buffers", 2)
+@task("07.momentum_update", "MoCo's momentum update of the key network, in place, parameters and buffers", 2, answer="momentum_update")
 def check_momentum_update(answer) -> None:
     """Compare the key and query networks after the call with clcourse.methods.MoCo.momentum_update's rule."""
-    cases = _momentum_cases()
+    seed = case_seed(70)
+    cases = _momentum_cases(seed)
     observed = []
     for i, case in enumerate(cases):
-        (key, query, m), _ = case.fresh()
-        key_before = list(key.parameters())
-        call_answer(answer, (key, query, m), {}, case.name, _MOMENTUM_ERRORS)
-        got = _state(key, "key") + _state(query, "query")
+        trace = run_probe(answer, _momentum_trace, seed, i)
+        got = trace["state"]
         observed.append(got)
         want = _observe_momentum(_momentum_reference, case)
         found = _first_state_difference(got, want)
         if found is not None:
             k, problem = found
-            observed += [try_run(answer, later, _observe_momentum) for later in cases[i + 1:]]
+            observed += [_try_trace(answer, seed, j) for j in range(i + 1, len(cases))]
             hint = diagnose(observed, _MOMENTUM_MISTAKES, cases, i, _observe_momentum, _state_difference) or (
                 "Under torch.no_grad(): for k, q in zip(key_net.parameters(), query_net.parameters()): "
                 "k.mul_(m).add_(q, alpha=1 - m); the same for .buffers(), copying the integer ones.")
             raise Failure(case.name, problem, expected=describe(want[k][1]), received=describe(got[k][1]),
                           hint=hint)
-        _updated_in_place(key_before, key, case)
+        _updated_in_place(trace, case)
 
 
 # --- 07.key_age ------------------------------------------------------------------------------
@@ -253,10 +276,17 @@ def _key_age_cases() -> list[Case]:
         Case("K = 1024, B = 64, m = 0.9", (1024, 64, 0.9)),
         Case("K = 4096, B = 256, m = 0.99 (MoCo v2 on CIFAR-10)", (4096, 256, 0.99)),
         Case("K = 65536, B = 256, m = 0.999 (MoCo on ImageNet)", (65536, 256, 0.999)),
+        _random_key_age_case(random.Random(case_seed(71))),
     ]
 
 
-@task("07.key_age", "derive: how many steps old, on average, are the weights behind MoCo's negatives", 2)
+def _random_key_age_case(rng: random.Random) -> Case:
+    batch = rng.choice([16, 32, 64, 128, 256])
+    queue, momentum = batch * rng.randint(1, 64), round(rng.uniform(0.0, 0.999), 4)
+    return Case(f"K = {queue}, B = {batch}, m = {momentum}", (queue, batch, momentum))
+
+
+@task("07.key_age", "derive: how many steps old, on average, are the weights behind MoCo's negatives", 2, answer="mean_key_age")
 def check_key_age(answer) -> None:
     """Compare the learner's formula with the derivation on settings the lesson does not print."""
     compare_with_reference(

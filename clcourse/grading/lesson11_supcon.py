@@ -12,6 +12,7 @@ from clcourse import losses
 from clcourse.grading.harness import (
     Case,
     Mistake,
+    case_seed,
     compare_with_reference,
     keeps_gradient,
 )
@@ -97,7 +98,7 @@ _SUPCON_MISTAKES = [
 
 
 def _supcon_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(110)
+    g = torch.Generator().manual_seed(case_seed(110))
 
     def batch(labels, d=6, dtype=torch.float32):
         labels = torch.tensor(labels)
@@ -123,7 +124,7 @@ def _supcon_cases() -> list[Case]:
     ]
 
 
-@task("11.supcon_out", "the supervised contrastive loss L_out on a flat batch with labels", 2)
+@task("11.supcon_out", "the supervised contrastive loss L_out on a flat batch with labels", 2, answer="supcon_out")
 def check_supcon_out(answer) -> None:
     """Compare with clcourse.losses.supcon(z, labels, temperature, variant="out") on flat z [M, D]."""
     compare_with_reference(
@@ -186,7 +187,7 @@ _GRADIENT_MISTAKES = [
 
 
 def _gradient_cases() -> list[Case]:
-    g = torch.Generator().manual_seed(111)
+    g = torch.Generator().manual_seed(case_seed(111))
 
     def anchor(m, n_pos, spread=0.5):
         s = (torch.rand(m, generator=g, dtype=torch.float64) * 2 - 1) * spread
@@ -205,7 +206,7 @@ def _gradient_cases() -> list[Case]:
 
 
 @task("11.supcon_gradients", "derive: the gradient of L_out and of L_in with respect to one anchor's similarities",
-      2)
+      2, answer="supcon_gradients")
 def check_supcon_gradients(answer) -> None:
     """Compare with the derived gradients (equal to autograd's), on anchors the lesson does not print.
 

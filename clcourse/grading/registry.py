@@ -3,7 +3,8 @@
 Each lesson module registers its checkers with :func:`task`.  A checker takes
 the learner's answer and either returns (pass) or raises
 :class:`~clcourse.grading.harness.Failure` / ``NotAttempted``; ``check`` turns
-that into a :class:`~clcourse.grading.feedback.CheckResult`, shows it and logs it.
+that into a :class:`~clcourse.grading.feedback.CheckResult` and shows it. The batch grader calls
+:func:`evaluate` in its own process, with the submission's function running in a worker.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from clcourse.grading.feedback import (
     NOT_ATTEMPTED,
     PASSED,
     CheckResult,
-    log_result,
     show,
 )
 from clcourse.grading.harness import Failure, NotAttempted
@@ -37,11 +37,13 @@ class Task:
         id: ``"NN.name"``, NN the lesson number.
         description: one line: what the learner writes.
         points: what the task is worth.
+        answer: the name of the function the exercise notebook defines for it (what the grader calls).
     """
 
     id: str
     description: str
     points: int
+    answer: str
     checker: Callable[[Any], None] = field(repr=False, compare=False)
 
     @property
@@ -56,13 +58,15 @@ class Task:
 _TASKS: dict[str, Task] = {}
 
 
-def task(task_id: str, description: str, points: int = 1) -> Callable:
-    """Decorator registering a checker function as task ``task_id``."""
+def task(task_id: str, description: str, points: int = 1, *, answer: str) -> Callable:
+    """Decorator registering a checker function as task ``task_id``; ``answer`` names the notebook's function."""
 
     def register(checker: Callable[[Any], None]) -> Callable[[Any], None]:
         if task_id in _TASKS:
             raise ValueError(f"task {task_id!r} is registered twice")
-        _TASKS[task_id] = Task(task_id, description, points, checker)
+        if not answer.isidentifier():
+            raise ValueError(f"task {task_id!r}: answer must be a function name, got {answer!r}")
+        _TASKS[task_id] = Task(task_id, description, points, answer, checker)
         return checker
 
     return register
@@ -184,6 +188,5 @@ def check(task_id: str, answer: Any, timeout: float | None = None) -> CheckResul
         displayed as a coloured box, elsewhere printed.
     """
     result = evaluate(task_id, answer, timeout)
-    log_result(result)
     show(result)
     return result
