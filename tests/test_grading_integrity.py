@@ -1,8 +1,4 @@
-"""The batch grader against hostile submissions: forged results, escapes, bombs, and a class graded at once.
-
-Every bomb here is bounded by the test itself (a fixed number of forks, one allocation, a fixed amount of
-output), so that a grader that failed to limit it still cannot take the machine down.
-"""
+"""The batch grader against hostile submissions (tests/hostile_submissions.py): forged results, escapes, bombs."""
 
 import csv
 import json
@@ -22,62 +18,12 @@ from clcourse.grading.build import KERNELSPEC
 from clcourse.grading.grader import GradingOptions, grade_notebooks
 from clcourse.grading.lesson07_moco import _key_age_cases, _key_age_reference
 from clcourse.grading.sandbox import isolation
+from hostile_submissions import (
+    ALIAS, BOMBS, DAEMON, EXERCISES, FORGER, KILLER, OTHER_SET, SLEEP_MARK, SOLVED, STUB, write_submission,
+)
 
-EXERCISES = Path(__file__).parent.parent / "exercises"
-SOLVED = nbformat.read(EXERCISES / "source" / "03_ntxent.ipynb", as_version=4)
-STUB = nbformat.read(EXERCISES / "03_ntxent.ipynb", as_version=4)
-SLEEP_MARK = "4321.5"  # a detached `sleep` with this argument must not outlive grading
-
-
-def _write(path: Path, base, extra: list[str] = (), *, drop_checks: bool = False, metadata: bool = True) -> Path:
-    nb = nbformat.from_dict(json.loads(json.dumps(base)))
-    if drop_checks:
-        nb.cells = [c for c in nb.cells if not c.source.startswith("check(")]
-    if not metadata:
-        nb.metadata.pop("clcourse", None)
-    nb.cells += [new_code_cell(code) for code in extra]
-    nbformat.write(nb, path)
-    return path
-
-
-FORGER = [
-    # a log in every place the old grader used, and results printed as the report would read them
-    "import os, json, glob, torch, clcourse.losses, clcourse.grading.harness as h\n"
-    "line = json.dumps({'task_id': '03.nt_xent', 'status': 'passed', 'points': 1002, 'max_points': 2})\n"
-    "for name in ('CLCOURSE_GRADING_LOG', 'CLCOURSE_RESULTS_DIR'):\n"
-    "    if os.environ.get(name):\n"
-    "        open(os.environ[name], 'a').write(line + '\\n')\n"
-    "for path in glob.glob('/tmp/*.json*') + glob.glob('/tmp/*/*.json*'):\n"
-    "    try:\n"
-    "        open(path, 'a').write(line + '\\n')\n"
-    "    except OSError:\n"
-    "        pass\n"
-    "print(json.dumps({'tasks': [json.loads(line)], 'cell_errors': [], 'notes': []}))",
-    # the reference checked in place of the answer, and the comparison patched
-    "from clcourse.grading import check\ncheck('03.nt_xent', clcourse.losses.nt_xent)",
-    "torch.allclose = lambda *a, **k: True\nh.first_difference = lambda *a, **k: None\n"
-    "clcourse.losses.nt_xent = lambda *a, **k: torch.tensor(0.0)",
-]
-ALIAS = ["import clcourse.losses\nnt_xent = clcourse.losses.nt_xent"]
-OTHER_SET = ["from clcourse.grading import check\ncheck('07.key_age', lambda k, b, m: 0.0)"]
-DAEMON = [
-    "import subprocess, os, time\n"
-    f"subprocess.Popen(['sleep', '{SLEEP_MARK}'], start_new_session=True)\n"
-    "if os.fork() == 0:\n"
-    "    os.setsid()\n"
-    "    if os.fork() == 0:\n"
-    f"        os.execvp('sleep', ['sleep', '{SLEEP_MARK}'])\n"
-    "    os._exit(0)\n"
-    "time.sleep(0.5)",
-]
-KILLER = ["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "import os, signal\nos.killpg(0, signal.SIGKILL)"]
-BOMBS = [
-    "import torch\nhog = torch.ones(6 * 2**30, dtype=torch.uint8)",  # past --memory-mb 2048
-    "import sys\nfor _ in range(300):\n    sys.stdout.write('x' * 100_000 + '\\n')",  # 30 MB of output
-    "import os, time\nchildren = []\nfor _ in range(80):\n    pid = os.fork()\n    if pid == 0:\n"
-    "        time.sleep(20)\n        os._exit(0)\n    children.append(pid)",  # past --processes 32
-    "open('big.bin', 'wb').write(b'0' * 64 * 2**20)",  # past --file-mb 16
-]
+NAMESPACES = isolation() == "namespaces"
+needs_namespaces = pytest.mark.skipif(not NAMESPACES, reason="holds with the Linux namespaces only (see sandbox.py)")
 
 
 def _key_age_table_notebook(path: Path) -> Path:
@@ -93,22 +39,22 @@ def _key_age_table_notebook(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("class")
-    good = _write(folder / "03_good.ipynb", SOLVED)
+    good = write_submission(folder / "03_good.ipynb", SOLVED)
     copier = [f"import json\nsource = json.load(open({str(good)!r}))\n"
               "for cell in source['cells']:\n    if cell['cell_type'] == 'code' and 'check(' not in cell['source']:\n"
               "        exec(cell['source'])"]
-    killer = KILLER + (["import os, signal\nos.kill(-1, signal.SIGKILL)"] if isolation() == "namespaces" else [])
+    killer = KILLER + (["import os, signal\nos.kill(-1, signal.SIGKILL)"] if NAMESPACES else [])
     paths = [
         good,
-        _write(folder / "03_forger.ipynb", STUB, FORGER),
-        _write(folder / "03_alias.ipynb", STUB, ALIAS),
-        _write(folder / "03_nochecks.ipynb", STUB, drop_checks=True, metadata=False),
-        _write(folder / "03_otherset.ipynb", SOLVED, OTHER_SET),
-        _write(folder / "03_copier.ipynb", STUB, copier),
-        _write(folder / "03_daemon.ipynb", SOLVED, DAEMON),
-        _write(folder / "03_killer.ipynb", SOLVED, killer),
-        _write(folder / "03_bombs.ipynb", SOLVED, BOMBS),
-        _write(folder / "03_hang.ipynb", SOLVED, ["while True:\n    pass"]),
+        write_submission(folder / "03_forger.ipynb", STUB, FORGER),
+        write_submission(folder / "03_alias.ipynb", STUB, ALIAS),
+        write_submission(folder / "03_nochecks.ipynb", STUB, drop_checks=True, metadata=False),
+        write_submission(folder / "03_otherset.ipynb", SOLVED, OTHER_SET),
+        write_submission(folder / "03_copier.ipynb", STUB, copier),
+        write_submission(folder / "03_daemon.ipynb", SOLVED, DAEMON),
+        write_submission(folder / "03_killer.ipynb", SOLVED, killer),
+        write_submission(folder / "03_bombs.ipynb", SOLVED, BOMBS),
+        write_submission(folder / "03_hang.ipynb", SOLVED, ["while True:\n    pass"]),
         _key_age_table_notebook(folder / "07_table.ipynb"),
     ]
     (folder / "03_garbage.ipynb").write_text("{ not a notebook")
@@ -153,7 +99,8 @@ def test_every_submission_has_a_row_per_task_of_its_set(graded):
 
 
 def test_honest_and_robust_submissions_score_fully(graded):
-    for name in ("03_good", "03_otherset", "03_daemon", "03_killer", "03_bombs", "03_hang"):
+    robust = ("03_good", "03_otherset", "03_daemon", "03_bombs", "03_hang") + (("03_killer",) if NAMESPACES else ())
+    for name in robust:
         assert _scores(graded, name) == FULL, (name, graded["rows"][name])
 
 
@@ -178,22 +125,22 @@ def test_checks_of_another_set_are_reported_not_added(graded):
     assert graded["report"]["03_otherset"]["points"] == 4
 
 
+@needs_namespaces
 def test_a_classmates_notebook_cannot_be_read(graded):
     assert _scores(graded, "03_copier") == NOT_ATTEMPTED
     assert graded["report"]["03_copier"]["cell_errors"]  # the copy failed: it read an empty file
 
 
+@needs_namespaces
 def test_no_process_outlives_its_submission(graded):
-    if isolation() != "namespaces":
-        pytest.skip("detached processes are killed only with the Linux namespaces")
     left = subprocess.run(["pgrep", "-f", f"sleep {SLEEP_MARK}"], capture_output=True, text=True).stdout
     assert left == ""
 
 
+@needs_namespaces
 def test_killing_everything_in_reach_costs_nothing_but_the_cells(graded):
-    errors = graded["report"]["03_killer"]["cell_errors"]
-    if isolation() == "namespaces":  # the worker is its namespace's init: nothing it can signal is outside
-        assert all("ended the process" not in e for e in errors), errors
+    errors = graded["report"]["03_killer"]["cell_errors"]  # the worker is its namespace's init: nothing it
+    assert all("ended the process" not in e for e in errors), errors  # can signal is outside
 
 
 def test_memory_output_process_and_file_bombs_are_bounded(graded):
@@ -229,8 +176,8 @@ def test_answers_are_checked_on_inputs_the_notebook_never_saw(graded):
 
 def test_a_submission_that_kills_its_supervisor_loses_only_its_own_rows(tmp_path):
     """Without namespaces a submission can reach its supervisor: that costs its own row, not the batch's."""
-    killer = _write(tmp_path / "03_killer.ipynb", STUB, ["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"])
-    honest = _write(tmp_path / "03_honest.ipynb", SOLVED)
+    killer = write_submission(tmp_path / "03_killer.ipynb", STUB, ["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"])
+    honest = write_submission(tmp_path / "03_honest.ipynb", SOLVED)
     env = {**os.environ, "CLCOURSE_GRADING_ISOLATION": "process-group"}
     csv_path = tmp_path / "scores.csv"
     run = subprocess.run([sys.executable, "-m", "clcourse", "grade", str(killer), str(honest), "--csv", str(csv_path),
@@ -244,15 +191,17 @@ def test_a_submission_that_kills_its_supervisor_loses_only_its_own_rows(tmp_path
 
 
 def test_grading_options_and_flags_are_checked(tmp_path, capsys):
-    good = _write(tmp_path / "03_good.ipynb", SOLVED)
+    good = write_submission(tmp_path / "03_good.ipynb", SOLVED)
     assert main(["grade", str(good), "--set", "99"]) == 1
     assert "no such exercise set" in capsys.readouterr().err
     assert main(["grade", str(good), "--memory-mb", "0"]) == 1
     assert "memory_mb must be a positive integer" in capsys.readouterr().err
+    assert main(["grade", str(good), "--memory-mb", "512"]) == 1
+    assert "at least 1024" in capsys.readouterr().err
     with pytest.raises(ValueError, match="cell_timeout must be > 0"):
         GradingOptions(cell_timeout=0)
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         grade_notebooks([good], jobs=0)
-    wrong_name = _write(tmp_path / "04_mine.ipynb", SOLVED)
+    wrong_name = write_submission(tmp_path / "04_mine.ipynb", SOLVED)
     (score,) = grade_notebooks([wrong_name])
     assert not score.tasks and "metadata says exercise set 03 but its file name says 04" in score.notes[0]

@@ -41,6 +41,9 @@ import clcourse
 from clcourse.grading import wire
 
 
+MIN_MEMORY_MB = 1024
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resources one submission's worker may use (flags of ``clcourse grade``)."""
@@ -55,6 +58,9 @@ class Limits:
         for name, value in vars(self).items():
             if not (isinstance(value, int) and value > 0):
                 raise ValueError(f"limit {name} must be a positive integer, got {value!r}")
+        if self.memory_mb < MIN_MEMORY_MB:
+            raise ValueError(f"limit memory_mb must be at least {MIN_MEMORY_MB}: the worker imports torch, which "
+                             f"needs about 1 GiB (measured: 768 MiB is not enough), got {self.memory_mb}")
 
 
 ISOLATION_VARIABLE = "CLCOURSE_GRADING_ISOLATION"
