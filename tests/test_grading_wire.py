@@ -10,6 +10,7 @@ import torch
 
 from clcourse.grading import wire
 from clcourse.grading.supervisor import prepare_cell
+from clcourse.grading.worker import Session
 
 
 def _round_trip(value, keep=None, resolve=lambda tag: tag):
@@ -98,3 +99,18 @@ def test_cells_lose_their_check_calls_and_magics_but_keep_everything_else():
     assert "%matplotlib" not in code and "pip install" not in code
     compile(code, "<cell>", "exec")
     assert prepare_cell("def broken(:\n    pass") == ("def broken(:\n    pass", [])
+
+
+def test_an_answer_must_be_written_in_the_notebook_decorators_allowed():
+    session = Session()
+    cell = ("import functools, torch\nimport clcourse.losses\n"
+            "@torch.no_grad()\ndef decorated(x):\n    return x\n"
+            "def plain(x):\n    return x\n"
+            "aliased = clcourse.losses.nt_xent\nwrapped = functools.partial(plain)\nmade = eval('lambda x: x')")
+    assert session.handle({"op": "exec", "cell": 1, "source": cell}) == {"ok": True}
+    for name in ("decorated", "plain"):
+        assert session.handle({"op": "lookup", "name": name}) == {"ok": True}
+    assert session.handle({"op": "lookup", "name": "aliased"}) == {"foreign": "clcourse.losses.nt_xent"}
+    assert "foreign" in session.handle({"op": "lookup", "name": "wrapped"})
+    assert "foreign" in session.handle({"op": "lookup", "name": "made"})
+    assert session.handle({"op": "lookup", "name": "absent"}) == {"missing": "absent"}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -37,8 +38,8 @@ from tqdm.auto import tqdm
 from clcourse.grading.feedback import NOT_GRADED
 from clcourse.grading.registry import DEFAULT_CHECK_SECONDS, tasks as registered_tasks
 from clcourse.grading.sandbox import Limits, die_with_parent
+from clcourse.grading.supervisor import MAX_NOTEBOOK_BYTES
 
-MAX_NOTEBOOK_BYTES = 50 * 2**20
 _FILE_SET = re.compile(r"^(\d\d)_")
 
 
@@ -154,7 +155,7 @@ def grade_notebook(path: str | Path, options: GradingOptions | None = None, hide
     except ValueError as exc:
         score.notes.append(str(exc))
         return score
-    job = {"path": str(Path(path).resolve()), "exercise_set": score.exercise_set, "seed": options.seed,
+    job = {"path": os.path.abspath(path), "exercise_set": score.exercise_set, "seed": options.seed,
            "limits": asdict(options.limits), "cell_timeout": options.cell_timeout,
            "task_timeout": options.task_timeout, "notebook_timeout": options.notebook_timeout,
            "hide": sorted(set(hide or []) | {str(Path(path).resolve())})}

@@ -132,6 +132,10 @@ def call_answer(fn: Callable, args: tuple, kwargs: dict, case: str,
         return fn(*args, **kwargs)
     except NotImplementedError as exc:
         raise NotAttempted(str(exc)) from None
+    except Failure as failure:  # already feedback: the grading worker died under this call
+        if not failure.case:
+            failure.case = case
+        raise
     except SystemExit as exc:
         raise Failure(case, f"your function called exit() or sys.exit() (SystemExit: {exc.code!r})",
                       hint="A function answers by returning its result; exiting stops the check, not the task.") from None

@@ -18,8 +18,13 @@ from clcourse.grading.harness import Failure, NotAttempted
 from clcourse.grading.sandbox import Worker
 
 
-class WorkerLost(Exception):
-    """The worker running the submission died, or answered with something that is not plain data."""
+class WorkerLost(Failure):
+    """The worker running the submission died, or answered with something that is not plain data: the answer's
+    failure (the checker reports it as such, whichever of its steps was waiting)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("", problem, hint="Your code ended the process that ran it (os._exit, a signal, a "
+                                           "resource limit), or sent back something that is not plain data.")
 
 
 class Connection:

@@ -18,6 +18,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import nbformat
@@ -27,6 +28,8 @@ from clcourse.grading.harness import hidden_cases
 from clcourse.grading.registry import evaluate, tasks
 from clcourse.grading.remote import Connection, RemoteAnswer
 from clcourse.grading.sandbox import Limits, Worker
+
+MAX_NOTEBOOK_BYTES = 50 * 2**20
 
 
 
@@ -167,12 +170,14 @@ def grade_submission(path: str, exercise_set: str, seed: int, limits: dict | Non
         report["tasks"].append(entry)
 
     try:
+        if Path(path).is_symlink() or Path(path).stat().st_size > MAX_NOTEBOOK_BYTES:
+            raise ValueError(f"a symbolic link, or larger than {MAX_NOTEBOOK_BYTES // 2**20} MiB")
         nb = nbformat.read(path, as_version=4)
         cells = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    except Exception as exc:  # any unreadable file: every task scores 0 with the reason
+    except Exception as exc:  # any unreadable file: every task scores 0 with the reason (never its content)
+        why = str(exc) if isinstance(exc, ValueError) and "symbolic link" in str(exc) else type(exc).__name__
         for t in wanted:
-            row(CheckResult(t.id, NOT_GRADED, 0, t.points, problem=f"the notebook could not be read "
-                                                                  f"({type(exc).__name__}: {str(exc)[:200]})"))
+            row(CheckResult(t.id, NOT_GRADED, 0, t.points, problem=f"the notebook could not be read ({why})"))
         return report
     prepared, checked = [], []
     for index, source in cells:
@@ -210,10 +215,19 @@ def _grade_task(run: Run, task, seed: int, task_timeout: float, defined_in: dict
                            problem="not graded: the notebook's time limit was reached before this task")
     if run.connection is None or run.connection.broken or run.connection.worker.process.poll() is not None:
         run.replay()
+    worker = run.connection.worker
+    backstop = threading.Timer(limit + 10, worker.kill)  # the check's own alarm comes first; this one always holds
+    backstop.start()
+    try:
+        return _judge(run, task, seed, limit, defined_in)
+    finally:
+        backstop.cancel()  # a connection it broke is replaced before the next task
+
+
+def _judge(run: Run, task, seed: int, limit: float, defined_in: dict[str, int]) -> CheckResult:
     try:
         found = run.connection.lookup(task.answer)
     except Exception as exc:  # the worker is gone
-        run.replay()
         return CheckResult(task.id, NOT_GRADED, 0, task.points, problem=f"not graded: {exc}")
     if "missing" in found:
         cell = defined_in.get(task.answer)
@@ -225,16 +239,10 @@ def _grade_task(run: Run, task, seed: int, task_timeout: float, defined_in: dict
         return CheckResult(task.id, NOT_GRADED, 0, task.points,
                            problem=f"{task.answer} is not a function written in the notebook (it is {found['foreign']})",
                            hint=f"Write {task.answer}() in the notebook with def.")
-    worker = run.connection.worker
-    backstop = threading.Timer(limit + 10, worker.kill)  # the check's own alarm comes first; this one always holds
-    backstop.start()
-    try:
-        with hidden_cases(seed):
-            result = evaluate(task.id, RemoteAnswer(run.connection, task.answer), timeout=limit)
-    finally:
-        backstop.cancel()
-    if run.connection.broken or result.status != PASSED and "did not finish" in result.problem:
-        run.replay()
+    with hidden_cases(seed):
+        result = evaluate(task.id, RemoteAnswer(run.connection, task.answer), timeout=limit)
+    if result.status != PASSED and "did not finish" in result.problem:
+        run.connection.broken = True  # the worker may still be running the answer: replace it
     return result
 
 

@@ -26,6 +26,7 @@ import torch
 
 MAGIC = b"CLW1"
 MAX_MESSAGE_BYTES = 256 * 2**20
+MAX_HEADER_BYTES = 16 * 2**20  # the JSON part: its Python objects take many times its size
 MAX_DEPTH = 32
 _TORCH_DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
@@ -186,7 +187,7 @@ def receive(stream: BinaryIO, resolve: Callable[[dict], Any]) -> Any:
     if prefix[:4] != MAGIC:
         raise WireError("not a message (bad magic bytes)")
     header_size, count = struct.unpack(">II", prefix[4:])
-    if header_size > MAX_MESSAGE_BYTES or count > 100_000:
+    if header_size > MAX_HEADER_BYTES or count > 100_000:
         raise WireError("message too large")
     total = header_size
     try:

@@ -115,10 +115,21 @@ class Session:
         if name not in self.namespace:
             return {"missing": name}
         fn = self.namespace[name]
-        if not (inspect.isfunction(fn) and fn.__code__.co_filename.startswith("<cell ")):
+        if not _written_in_a_cell(fn):
             where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
             return {"foreign": where}
         return fn
+
+
+def _written_in_a_cell(fn: Any) -> bool:
+    """A function defined in the notebook, possibly under decorators that keep ``__wrapped__`` (torch.no_grad)."""
+    for _ in range(16):
+        if inspect.isfunction(fn) and fn.__code__.co_filename.startswith("<cell "):
+            return True
+        fn = getattr(fn, "__wrapped__", None)
+        if fn is None:
+            return False
+    return False
 
 
 def main(argv: list[str]) -> int:
