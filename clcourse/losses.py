@@ -21,6 +21,8 @@ References
 [8] Khosla et al., SupCon, 2020. "Supervised Contrastive Learning", NeurIPS.
 [9] Wang & Isola, 2020. "Understanding Contrastive Representation Learning through Alignment
     and Uniformity on the Hypersphere", ICML.
+[10] Caron et al., SwAV, 2020. "Unsupervised Learning of Visual Features by Contrasting Cluster
+    Assignments", NeurIPS.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "pairwise_distance",
     "supcon",
     "supcon_anchor_losses",
+    "swapped_prediction",
     "alignment",
     "uniformity",
     "NTXentLoss",
@@ -73,7 +76,8 @@ def _outside_autocast(loss_fn):
 
     @functools.wraps(loss_fn)
     def wrapper(*args, **kwargs):
-        first = next((a for a in args if isinstance(a, Tensor)), None)
+        candidates = (x for a in args for x in (a if isinstance(a, (list, tuple)) else (a,)))
+        first = next((x for x in candidates if isinstance(x, Tensor)), None)
         device_type = first.device.type if first is not None else "cpu"
         if device_type in ("cuda", "cpu", "mps", "xpu") and torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
@@ -668,6 +672,42 @@ def supcon_anchor_losses(
 
 
 @_outside_autocast
+@_outside_autocast
+def swapped_prediction(scores: list[Tensor], codes: list[Tensor], temperature: float = 0.1) -> Tensor:
+    """SwAV's swapped prediction [10] (eq. 1-2): every crop predicts the codes of the other crops.
+
+    With p_v = softmax(scores[v] / t) the prototype probabilities of crop v, the loss is the cross-entropy
+    -sum_k codes[i]_k log p_v,k averaged over the samples, over the crops v != i and over the coded crops i
+    (those with codes: the large crops in [10]), as [10]'s code averages them. Unlike the losses above it
+    takes scores, not embeddings: the method normalises z and the prototypes before z^T C.
+
+    Args:
+        scores: V >= 2 tensors [B, K], the scores z_v^T C of every crop.
+        codes: 1 <= n <= V tensors [B, K], the codes of crops 0..n-1 (rows sum to 1; no gradient needed).
+        temperature: t > 0 of the prediction softmax (0.1 in [10]).
+
+    Returns:
+        scalar loss (float32 for half-precision scores).
+    """
+    t = check_number("temperature", temperature)
+    if not isinstance(scores, (list, tuple)) or len(scores) < 2:
+        raise ValueError(f"scores must be a list of at least 2 crops' [B, K] scores, got {shape_of(scores)}")
+    if not isinstance(codes, (list, tuple)) or not 1 <= len(codes) <= len(scores):
+        raise ValueError(f"codes must be a list of 1 to {len(scores)} [B, K] tensors (one per coded crop), "
+                         f"got {shape_of(codes)}")
+    shapes = {tuple(x.shape) if isinstance(x, Tensor) else None for x in [*scores, *codes]}
+    if len(shapes) != 1 or None in shapes or len(next(iter(shapes))) != 2:
+        raise ValueError(f"every score and code must be a tensor of one shape [B, K], got shapes "
+                         f"{sorted(str(s) for s in shapes)}")
+    dtype = torch.float64 if any(s.dtype == torch.float64 for s in scores) else torch.float32
+    log_p = [F.log_softmax(s.to(dtype) / t, dim=1) for s in scores]
+    total = scores[0].new_zeros((), dtype=dtype)
+    for i, q in enumerate(codes):
+        others = [v for v in range(len(scores)) if v != i]
+        total = total + sum(-(q.detach().to(dtype) * log_p[v]).sum(dim=1).mean() for v in others) / len(others)
+    return total / len(codes)
+
+
 def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
     """Alignment of positive pairs (Wang & Isola [9]): lower is better.
 

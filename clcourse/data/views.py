@@ -138,10 +138,13 @@ class ViewLoader:
             constant number of negatives).
         seed: base seed of order and augmentation.
         device: where batches are produced; default the data's device.
+        small_augment: multi-crop (SwAV [2]): a second batched augmentation, for small crops
+            ``[B, C, H_s, W_s]``, called ``n_small_views`` times after the V views.
+        n_small_views: how many small crops follow the V views (0: none).
 
     Yields:
-        ``(views, labels)``: a list of V tensors [B, C, H', W'] and labels int64 [B],
-        all on ``device``.
+        ``(views, labels)``: a list of V tensors [B, C, H', W'] (then ``n_small_views`` tensors
+        [B, C, H_s, W_s]) and labels int64 [B], all on ``device``.
     """
 
     def __init__(
@@ -154,7 +157,14 @@ class ViewLoader:
         drop_last: bool = True,
         seed: int = 0,
         device: torch.device | str | None = None,
+        small_augment: Callable[..., Tensor] | None = None,
+        n_small_views: int = 0,
     ) -> None:
+        if not isinstance(n_small_views, int) or n_small_views < 0:
+            raise ValueError(f"n_small_views must be an int >= 0, got {n_small_views!r}")
+        if n_small_views and not callable(small_augment):
+            raise ValueError(f"n_small_views={n_small_views} small crops need a callable small_augment, "
+                             f"got {type(small_augment).__name__}")
         if isinstance(data, (tuple, list)) and len(data) == 2:
             data = ImageData(*data)  # validates the shapes
         if not isinstance(data, ImageData):
@@ -179,6 +189,8 @@ class ViewLoader:
         self.augment = augment
         self.batch_size = batch_size
         self.n_views = n_views
+        self.small_augment = small_augment
+        self.n_small_views = n_small_views
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
@@ -224,4 +236,5 @@ class ViewLoader:
                 views = [x] * self.n_views
             else:
                 views = [self.augment(x, generator=augment_generator) for _ in range(self.n_views)]
+            views += [self.small_augment(x, generator=augment_generator) for _ in range(self.n_small_views)]
             yield views, self.labels[index]

@@ -70,7 +70,8 @@ class Method(nn.Module):
         """Called by the loop after every epoch (``epoch`` counts from 1)."""
 
 
-def views_and_labels(batch, method: str, *, n_views: int | None = None, min_views: int = 1):
+def views_and_labels(batch, method: str, *, n_views: int | None = None, min_views: int = 1,
+                     same_shape: bool = True):
     """Unpack and check an image batch ``(views, labels)``: V tensors [B, C, H, W] of one shape.
 
     Args:
@@ -78,6 +79,7 @@ def views_and_labels(batch, method: str, *, n_views: int | None = None, min_view
         method: the method's name, for the messages.
         n_views: exactly this many views (SimCLR's and MoCo's 2), or
         min_views: at least this many.
+        same_shape: False lets the views differ in size (multi-crop: [B, C, H_v, W_v]), B and C still shared.
 
     Returns:
         ``(views, labels)`` unchanged.
@@ -88,7 +90,8 @@ def views_and_labels(batch, method: str, *, n_views: int | None = None, min_view
         raise ValueError(f"{method} expects {n_views} views per image, got {count}")
     if count < min_views:
         raise ValueError(f"{method} expects at least {min_views} view(s) per image, got {count}")
-    shapes = {tuple(v.shape) for v in views}
+    shapes = {tuple(v.shape) if same_shape else tuple(v.shape[:2]) for v in views}
     if len(shapes) > 1:
-        raise ValueError(f"all views must have the same shape, got {sorted(map(list, shapes))}")
+        what = "shape" if same_shape else "batch size and channels"
+        raise ValueError(f"all views must have the same {what}, got {sorted(map(list, shapes))}")
     return views, labels
