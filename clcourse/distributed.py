@@ -230,7 +230,8 @@ class DistributedMethod:
       same device can leak that it belongs together. MoCo keeps its own guard, shuffle-BN,
       per process. ``SyncBatchNorm`` runs on GPUs only; on CPUs each process normalises its share.
     - A key encoder without gradients (MoCo) needs no ``find_unused_parameters``: DDP reduces
-      only parameters that require one.
+      only parameters that require one. A method whose trainable parameters sit out some steps
+      (SwAV's prototypes while frozen) says so with a class attribute ``find_unused_parameters = True``.
     - Buffers are not broadcast every step: BN's running statistics are read only in eval
       mode, and queues stay equal on every process because the keys are gathered; checkpoints
       come from rank 0.
@@ -268,7 +269,7 @@ class DistributedMethod:
             DistributedDataParallel).parameters else "broadcast_buffers")
         self.ddp = DistributedDataParallel(
             _TrainingStep(self.method), device_ids=[device.index] if device.type == "cuda" else None,
-            **{no_buffer_sync: False},
+            find_unused_parameters=getattr(method, "find_unused_parameters", False), **{no_buffer_sync: False},
         )
 
     def training_step(self, batch) -> torch.Tensor:

@@ -34,6 +34,8 @@ MoCo v2      512    200     SGD lr 0.06, m 0.9, wd 5e-4             0.1    [MOCO
                                                                            linear head, 8 BN groups
 SupCon       512    200     SGD lr 0.25 (0.5 x 512/1024), m 0.9,    0.1    [SUPCON] (its README's command,
                             wd 1e-4, 10 warm-up epochs                     batch and epochs scaled down)
+SwAV         512    200     SGD lr 0.24 (0.06 x 512/128), m 0.9,    0.1    [LIGHTLY] (its SwAV entry: 512
+                            wd 5e-4                                        prototypes, 2 crops of 32 px)
 ===========  =====  ======  ======================================  =====  ================================
 
 References (``Recipe.sources`` names them by these keys):
@@ -69,7 +71,7 @@ from torch import nn
 from clcourse.device import get_profile, seed_everything
 from clcourse.train import Budget
 
-METHODS = ("simclr", "moco", "supcon")
+METHODS = ("simclr", "moco", "supcon", "swav")
 DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
 PROFILES = ("quick", "full")
 DEFAULT_DATASET = {"quick": "digits", "full": "cifar10"}
@@ -109,6 +111,8 @@ class Recipe:
             ``queue_size``, ``momentum``, ``shuffle_bn_groups``; SupCon's ``variant``).
         augment: ``"digits"`` or ``"simclr"``, the :class:`~clcourse.augment.BatchedAugment`
             preset; ``augment_options`` override its knobs (e.g. ``blur_p=0``).
+        small_views, small_size, small_augment_options: multi-crop (SwAV): ``small_views`` crops of
+            ``small_size`` px after the two views, the same preset with these options on top.
         batch_size: images per optimiser step, over all processes.
         epochs / steps / seconds: the budget; exactly one is set (:attr:`budget`).
         optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``, Nesterov off).
@@ -151,6 +155,9 @@ class Recipe:
     method_options: dict[str, Any] = field(default_factory=dict)
     augment: str = "simclr"
     augment_options: dict[str, Any] = field(default_factory=dict)
+    small_views: int = 0
+    small_size: int | None = None
+    small_augment_options: dict[str, Any] = field(default_factory=dict)
     momentum: float = 0.9
     weight_decay: float = 1e-6
     lr_scaling: str = "none"
@@ -183,6 +190,10 @@ class Recipe:
             raise ValueError(f"lr_scaling must be 'none' or 'linear', got {self.lr_scaling!r}")
         if not isinstance(self.probe_draws, int) or self.probe_draws < 1:
             raise ValueError(f"probe_draws must be a positive int, got {self.probe_draws!r}")
+        if not isinstance(self.small_views, int) or self.small_views < 0 or (self.small_views > 0) != bool(
+                self.small_size):
+            raise ValueError(f"small_views must be an int >= 0, with a small_size exactly when > 0; got "
+                             f"small_views={self.small_views!r}, small_size={self.small_size!r}")
 
     @property
     def budget(self) -> Budget:
@@ -273,8 +284,10 @@ _QUICK_LOSS = {
     "simclr": dict(temperature=0.5),
     "moco": dict(temperature=0.2, method_options=dict(queue_size=1024, momentum=0.99, shuffle_bn_groups=4)),
     "supcon": dict(temperature=0.1, method_options=dict(variant="out")),
+    "swav": dict(temperature=0.1, method_options=dict(num_prototypes=100, epsilon=0.05, sinkhorn_iterations=3,
+                                                      freeze_prototypes_steps=100)),
 }
-_DIGITS_TEMPERATURE = {"simclr": 1.0, "moco": 0.5, "supcon": 0.1}
+_DIGITS_TEMPERATURE = {"simclr": 1.0, "moco": 0.5, "supcon": 0.1, "swav": 0.1}
 _QUICK_NOTES = {
     "simclr": "",
     # K = 1024 < 1257 digits: an image's own key from the previous epoch has left the queue before
@@ -283,6 +296,8 @@ _QUICK_NOTES = {
             "on the digits t 0.5, with which the probes read 1-1.5 points higher at 10% of the labels and about "
             "7 at 1%. ",
     "supcon": "t 0.1 and L_out as recommended in [SUPCON]. ",
+    "swav": "SwAV's t 0.1, epsilon 0.05 and 3 Sinkhorn iterations; 100 prototypes (ten per class), frozen for "
+            "the first 100 steps; two crops, as [LIGHTLY] on CIFAR-10 (multi-crop needs images larger than 8 px). ",
 }
 _MEASURED = ("60 s on 2 idle CPU threads (1,250-1,730 steps) gave, in 6 runs of 3 seeds, a linear probe of about "
              "{} with 1% of the labels and {} with 10% (raw pixels: 57% and 89.5%; a random encoder: 57% and 89%; "
@@ -305,7 +320,7 @@ def _small_data_recipe(method: str, profile: str, dataset: str, data_path: str |
     budget = dict(seconds=60.0) if profile == "quick" else dict(epochs=300 if dataset == "digits" else 100)
     busy = ("The budget is wall-clock seconds: a busy machine fits fewer steps in it and scores lower; "
             "give --steps or --epochs for a fixed amount of training. " if profile == "quick" else "")
-    expected = _QUICK_EXPECTED[method] if dataset == "digits" and profile == "quick" else ""
+    expected = _QUICK_EXPECTED.get(method, "") if dataset == "digits" and profile == "quick" else ""
     settings = dict(encoder="small_cnn", encoder_width=32, batch_size=256, optimizer="adam", lr=2e-3,
                     schedule="cosine", **_QUICK_LOSS[method], **budget)
     if dataset == "digits":
@@ -314,11 +329,27 @@ def _small_data_recipe(method: str, profile: str, dataset: str, data_path: str |
                   expected=expected, notes=busy + _QUICK_NOTES[method], **{**settings, **data})
 
 
+def _cifar_swav(common: dict) -> Recipe:
+    return Recipe(
+        lr=0.06 * 512 / 128, weight_decay=5e-4, temperature=0.1, hidden_dim=512, head_layers=2,
+        method_options=dict(num_prototypes=512, epsilon=0.05, sinkhorn_iterations=3, freeze_prototypes_steps=98),
+        augment_options={"blur_p": 0.0, "crop_scale": (0.14, 1.0)},
+        expected="kNN (k=200) about 0.84 after 200 epochs and about 0.88 after 800 (LightlySSL CIFAR-10 "
+                 "benchmark, batch 512: 0.842 / 0.884, max over epochs).",
+        sources=("LIGHTLY",),
+        notes="[LIGHTLY]'s SwAV: a 512-512-128 head, 512 prototypes, two 32 px crops of at least 14% of the "
+              "image, no blur; the prototypes are frozen for the first epoch (98 steps), as SwAV's code does.",
+        **common,
+    )
+
+
 def _cifar_recipe(method: str) -> Recipe:
     """The full profile on CIFAR-10: ResNet-18 (CIFAR stem), batch 512, 200 epochs, SGD + cosine."""
     common = dict(method=method, profile="full", dataset="cifar10", image_size=32, in_channels=3,
                   encoder="resnet18_cifar", batch_size=512, epochs=200, optimizer="sgd", momentum=0.9,
                   lr_scaling="linear", schedule="cosine", knn_k=200, knn_temperature=0.1, probe_draws=3)
+    if method == "swav":
+        return _cifar_swav(common)
     if method == "simclr":
         return Recipe(
             lr=0.06 * 512 / 128, weight_decay=5e-4, temperature=0.5, hidden_dim=512, head_layers=2,
@@ -484,9 +515,9 @@ def build_encoder(recipe: Recipe) -> nn.Module:
 
 def method_class(name: str) -> type[nn.Module]:
     """The :class:`~clcourse.methods.Method` subclass that trains under ``name`` (one of :data:`METHODS`)."""
-    from clcourse.methods import MoCo, SimCLR, SupCon
+    from clcourse.methods import MoCo, SimCLR, SupCon, SwAV
 
-    classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon}
+    classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon, "swav": SwAV}
     if name not in classes:
         raise ValueError(f"method must be one of {METHODS}, got {name!r}")
     return classes[name]
@@ -502,11 +533,13 @@ def build_method(recipe: Recipe, *, gather_distributed: bool = False) -> nn.Modu
                gather_distributed=gather_distributed, **recipe.method_options)
 
 
-def build_augment(recipe: Recipe):
-    """The recipe's batched augmentation (:class:`~clcourse.augment.BatchedAugment`)."""
+def build_augment(recipe: Recipe, small: bool = False):
+    """The recipe's batched augmentation (:class:`~clcourse.augment.BatchedAugment`); ``small``: its small crops."""
     from clcourse.augment import BatchedAugment
 
     preset = {"digits": BatchedAugment.digits, "simclr": BatchedAugment.simclr}[recipe.augment]
+    if small:
+        return preset(recipe.small_size, **{**recipe.augment_options, **recipe.small_augment_options})
     return preset(recipe.image_size, **recipe.augment_options)
 
 
@@ -543,8 +576,11 @@ def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str
     seed_everything(recipe.seed)
     train, eval_train, eval_test = load_datasets(recipe, root=root, download=download)
     method = build_method(recipe, gather_distributed=world_size > 1).to(device)
-    augment = build_augment(recipe) if rows is None else ShardedAugment(build_augment(recipe), rows)
-    loader = ViewLoader(train, augment, batch_size=recipe.batch_size, seed=recipe.seed, device=device)
+    augments = [build_augment(recipe, small) for small in (False, True)[: 1 + (recipe.small_views > 0)]]
+    if rows is not None:
+        augments = [ShardedAugment(a, rows) for a in augments]
+    loader = ViewLoader(train, augments[0], batch_size=recipe.batch_size, seed=recipe.seed, device=device,
+                        small_augment=augments[-1] if recipe.small_views else None, n_small_views=recipe.small_views)
     if rows is not None:
         loader = ShardedLoader(loader, rows)
     return method, loader, eval_train, eval_test

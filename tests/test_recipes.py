@@ -39,8 +39,8 @@ def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
 
 
 def test_the_full_cifar10_recipes_follow_their_references():
-    simclr, moco, supcon = (get_recipe(m, "full", "cifar10") for m in METHODS)
-    for r in (simclr, moco, supcon):
+    simclr, moco, supcon, swav = (get_recipe(m, "full", "cifar10") for m in METHODS)
+    for r in (simclr, moco, supcon, swav):
         assert (r.encoder, r.batch_size, r.epochs, r.optimizer) == ("resnet18_cifar", 512, 200, "sgd")
         assert r.schedule == "cosine"
         assert (r.knn_k, r.knn_temperature) == (200, 0.1)
@@ -48,10 +48,13 @@ def test_the_full_cifar10_recipes_follow_their_references():
     assert moco.lr == 0.06 and moco.temperature == 0.1 and moco.head_layers == 1
     assert moco.method_options == dict(queue_size=4096, momentum=0.99, shuffle_bn_groups=8, symmetric=False)
     assert supcon.lr == pytest.approx(0.25) and supcon.temperature == 0.1 and supcon.weight_decay == 1e-4
+    assert swav.lr == pytest.approx(0.24) and swav.temperature == 0.1 and swav.augment_options["crop_scale"] == (0.14, 1)
+    assert swav.method_options["num_prototypes"] == 512 and swav.method_options["epsilon"] == 0.05
     # Expectations are stated with "about" and their source, or say that there is none.
     assert "about" in simclr.expected and "LightlySSL" in simclr.expected
     assert "about" in moco.expected and "MOCO-DEMO" in moco.expected
     assert "no published" in supcon.expected and "96.0%" in supcon.expected
+    assert "about 0.84" in swav.expected and "LightlySSL" in swav.expected
 
 
 def test_default_dataset_and_auto_profile(monkeypatch):
@@ -107,6 +110,19 @@ def test_process_shares_are_the_rows_of_the_one_process_batch(world):
         for full_view, shard_view in zip(views, shard_views):
             assert torch.allclose(shard_view, full_view[rows], atol=1e-6)
     assert len(shard_loader) == len(loader)
+
+
+def test_multi_crop_recipes_build_small_views_and_share_them_across_processes():
+    recipe = get_recipe("swav", "quick", "shapes").override(batch_size=8, small_views=2, small_size=16)
+    method, loader, _, _ = build(recipe, "cpu")
+    views, _ = next(iter(loader))
+    assert [tuple(v.shape) for v in views] == [(8, 3, 32, 32)] * 2 + [(8, 3, 16, 16)] * 2
+    assert method.n_large_crops == 2 and torch.isfinite(method.training_step((views, None)))
+    shards = [next(iter(build(recipe, "cpu", rank=r, world_size=2)[1]))[0] for r in range(2)]
+    for v, view in enumerate(views):
+        assert torch.allclose(torch.cat([shard[v] for shard in shards]), view, atol=1e-6)
+    with pytest.raises(ValueError, match="small_size"):
+        get_recipe("swav", "quick", "digits").override(small_views=2)
 
 
 def test_shard_rows_needs_equal_shares():

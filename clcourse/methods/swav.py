@@ -59,6 +59,8 @@ class SwAV(Method):
     first (one shape), then any small crops (another shape); labels are ignored.
     """
 
+    find_unused_parameters = True  # frozen prototypes get no gradient: data-parallel training must allow it
+
     def __init__(
         self,
         encoder: nn.Module,
