@@ -85,6 +85,15 @@ def test_only_the_large_crops_are_coded():
     torch.testing.assert_close(before[0].sum(dim=1), torch.ones(8))
 
 
+def test_without_equipartition_the_codes_are_a_plain_softmax():
+    model = make_model(equipartition=False)
+    views, _ = crops()
+    z = model.embed(views)[0].detach()
+    c = model.prototypes.weight.detach()
+    torch.testing.assert_close(model.codes(z, 0, c), torch.softmax(z @ c.T / model.epsilon, dim=1))
+    assert not torch.allclose(make_model().codes(z, 0, c), model.codes(z, 0, c))
+
+
 def test_prototypes_stay_unit_vectors_and_learn_after_the_freeze():
     model = make_model(freeze_prototypes_steps=2)
     torch.testing.assert_close(model.prototypes.weight.norm(dim=1), torch.ones(6))

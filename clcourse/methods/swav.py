@@ -48,6 +48,8 @@ class SwAV(Method):
         queue_length: past large-crop embeddings kept per coded crop; once the queue is full they join the
             Sinkhorn input (0: no queue; 3840 in [1] for batches of 256 and fewer).
         gather_distributed: on several processes, Sinkhorn's sums run over the global batch, as in [1].
+        equipartition: False replaces Sinkhorn by softmax(scores / epsilon), codes without the equal-share
+            constraint: the ablation that shows why [1] needs it (the batch drifts into few clusters).
 
     Attributes:
         prototypes: ``nn.Linear(D, K, bias=False)``, its weight [K, D] the unit prototypes.
@@ -75,6 +77,7 @@ class SwAV(Method):
         freeze_prototypes_steps: int = 0,
         queue_length: int = 0,
         gather_distributed: bool = False,
+        equipartition: bool = True,
     ):
         for name, value, least in (("num_prototypes", num_prototypes, 2), ("sinkhorn_iterations", sinkhorn_iterations, 1),
                                    ("n_large_crops", n_large_crops, 1), ("freeze_prototypes_steps", freeze_prototypes_steps, 0),
@@ -86,6 +89,7 @@ class SwAV(Method):
         self.epsilon = check_number("epsilon", epsilon)
         self.sinkhorn_iterations = sinkhorn_iterations
         self.n_large_crops = n_large_crops
+        self.equipartition = bool(equipartition)
         self.freeze_prototypes_steps = freeze_prototypes_steps
         dim = self.projector.out_dim
         self.prototypes = nn.Linear(dim, num_prototypes, bias=False)
@@ -119,8 +123,11 @@ class SwAV(Method):
         queue = self.queue[crop]
         if queue.shape[0] and self.queue_size == queue.shape[0]:
             scores = torch.cat([queue @ prototypes.t(), scores])
-        codes = sinkhorn(scores, self.epsilon, self.sinkhorn_iterations,
-                         gather_distributed=bool(self.gather_distributed))[-z.shape[0]:]
+        if self.equipartition:
+            codes = sinkhorn(scores, self.epsilon, self.sinkhorn_iterations,
+                             gather_distributed=bool(self.gather_distributed))[-z.shape[0]:]
+        else:
+            codes = torch.softmax(scores / self.epsilon, dim=1)[-z.shape[0]:]
         if queue.shape[0]:
             kept = min(z.shape[0], queue.shape[0])
             queue.copy_(torch.cat([z[:kept].to(queue.dtype), queue[: queue.shape[0] - kept]]))
