@@ -43,9 +43,16 @@ class Connection:
         """One request and its reply (a dict)."""
         if self.broken:
             raise WorkerLost("the process running your code is gone (it died or timed out earlier in this check)")
+        try:
+            self.worker.send(message)
+        except wire.WireError as exc:  # nothing was written: an input the checker cannot send, a grader bug
+            raise RuntimeError(f"clcourse cannot send this input to the grading worker: {exc}") from None
+        except EOFError:
+            self.broken = True
+            raise WorkerLost(f"the process running your code died: {self.worker.exit_status()}") from None
         done = False
         try:
-            reply = self.worker.request(message, self.resolve)
+            reply = self.worker.receive(self.resolve)
             done = True
         except EOFError:
             raise WorkerLost(f"the process running your code died: {self.worker.exit_status()}") from None
@@ -60,11 +67,8 @@ class Connection:
         return reply
 
     def call(self, target: dict, args: tuple, kwargs: dict, inference: bool = False) -> Any:
-        try:
-            reply = self.ask({"op": "call", "target": target, "args": list(args), "kwargs": dict(kwargs),
-                              "inference": inference})
-        except wire.WireError as exc:  # an argument the checker cannot send: a grader bug, not the learner's
-            raise RuntimeError(f"clcourse cannot send this input to the grading worker: {exc}") from None
+        reply = self.ask({"op": "call", "target": target, "args": list(args), "kwargs": dict(kwargs),
+                          "inference": inference})
         result = _unpack(reply)
         for mine, theirs in zip(args, reply.get("args", ())):
             _copy_back(mine, theirs)

@@ -240,12 +240,16 @@ class Worker:
         """What the submission printed (the first ``output_kb``)."""
         return self._output.decode("utf-8", "replace")
 
-    def request(self, message: dict, resolve) -> Any:
-        """Send ``message``; return the decoded reply (``EOFError`` if the worker died)."""
+    def send(self, message: dict) -> None:
+        """Send ``message`` (``WireError`` before writing anything if it is not plain data; ``EOFError`` if the
+        worker died)."""
         try:
             wire.send(self._requests, message)
         except (BrokenPipeError, OSError):
             raise EOFError("the worker is gone") from None
+
+    def receive(self, resolve) -> Any:
+        """The worker's next reply, decoded (``EOFError`` if it died, ``WireError`` if it is not plain data)."""
         return wire.receive(self._replies, resolve)
 
     def enforced(self) -> dict[str, str]:
