@@ -52,7 +52,8 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, *, gath
     check_number("epsilon", epsilon)
     if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
         raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
-    log_q = scores.float().t() / epsilon  # [K, B]: prototypes in rows, as in [1]'s code
+    # [K, B]: prototypes in rows, as in [1]'s code; half precision computed in float32, float64 kept
+    log_q = scores.to(torch.promote_types(scores.dtype, torch.float32)).t() / epsilon
     batch = float(scores.shape[0])
     if gather_distributed:
         batch = float(all_reduce_sum(torch.tensor([batch], device=scores.device)).item())

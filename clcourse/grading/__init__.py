@@ -23,6 +23,7 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson05_triplet,
     lesson06_simclr,
     lesson07_moco,
+    lesson08_swav,
     lesson11_supcon,
 )
 

@@ -85,6 +85,12 @@ LESSON_COSTS: dict[str, LessonCost] = {
         faster="`steps` (300) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`",
     ),
+    "08": LessonCost(
+        "SwAV", 108,
+        full="SwAV on 8x8 digits, 3,000 steps per run; `clcourse train swav` for CIFAR-10",
+        faster="`steps` (300) or fewer `seeds` (3): a noisier table",
+        fuller="more `steps`",
+    ),
     "11": LessonCost(
         "Supervised contrastive", 78,
         full="SupCon on 16x16 digits, 5,000 steps per run",
