@@ -23,6 +23,8 @@ References
     and Uniformity on the Hypersphere", ICML.
 [10] Caron et al., SwAV, 2020. "Unsupervised Learning of Visual Features by Contrasting Cluster
     Assignments", NeurIPS.
+[11] Dwibedi et al., NNCLR, 2021. "With a Little Help from My Friends: Nearest-Neighbor Contrastive
+    Learning of Visual Representations", ICCV.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "nt_xent",
     "info_nce",
     "info_nce_from_similarities",
+    "paired_info_nce",
     "triplet_margin",
     "mine_triplets",
     "all_triplets_loss",
@@ -91,6 +94,21 @@ def _normalized(*xs: Tensor) -> list[Tensor]:
     """L2-normalise rows (last dim) in at least float32; float64 stays float64 (for gradcheck)."""
     dtype = torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
     return [F.normalize(x.to(dtype), dim=-1) for x in xs]
+
+
+def _check_pairs(loss: str, name1: str, x1, name2: str, x2, gather_distributed: bool) -> bool:
+    """Check the two [N, D] sides of N positive pairs of ``loss``; return whether it runs across processes."""
+    check_tensor(name1, x1, "[N, D]")
+    check_tensor(name2, x2, "[N, D]")
+    if x1.shape != x2.shape:
+        raise ValueError(f"{name1} and {name2} must have the same shape [N, D], got {shape_of(x1)} and {shape_of(x2)}")
+    across_processes = bool(gather_distributed) and world_size() > 1
+    if x1.shape[0] < (1 if across_processes else 2):
+        raise ValueError(
+            f"{loss} needs at least 2 pairs (N >= 2) so that every anchor has a negative "
+            f"(at least 1 pair per process when gathering), got N = {x1.shape[0]}"
+        )
+    return across_processes
 
 
 # --------------------------------------------------------------------------- NT-Xent
@@ -167,16 +185,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, *, gather_distribu
     benchmarks/bench_nt_xent.py); float16 / bfloat16 inputs are computed in float32. The
     gradient is not itself differentiable (no double backward).
     """
-    check_tensor("z1", z1, "[N, D]")
-    check_tensor("z2", z2, "[N, D]")
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape [N, D], got {shape_of(z1)} and {shape_of(z2)}")
-    across_processes = gather_distributed and world_size() > 1
-    if z1.shape[0] < (1 if across_processes else 2):
-        raise ValueError(
-            f"nt_xent needs at least 2 pairs (N >= 2) so that every anchor has a negative "
-            f"(at least 1 pair per process when gathering), got N = {z1.shape[0]}"
-        )
+    across_processes = _check_pairs("nt_xent", "z1", z1, "z2", z2, gather_distributed)
     t = check_number("temperature", temperature)
     if across_processes:
         # NT-Xent is SupCon with one positive per anchor (both variants agree then).
@@ -324,6 +333,40 @@ def info_nce_from_similarities(
     if tau_plus >= 1:
         raise ValueError(f"debiased_tau_plus is a probability in [0, 1), got {tau_plus}")
     return _info_nce_of_similarities(pos_sim, neg_sim, t, beta, tau_plus)
+
+
+@_outside_autocast
+def paired_info_nce(anchors: Tensor, candidates: Tensor, temperature: float = 0.1, *,
+                    gather_distributed: bool = False) -> Tensor:
+    """InfoNCE [2] in which anchor i picks its partner, candidate i, out of all N candidates.
+
+    Shapes: anchors, candidates [N, D] (row i of each a positive pair); returns a scalar. With
+    cosine similarity s, the loss is the cross-entropy of the N-way softmax of each anchor's row
+    of similarities, the partner as the target:
+
+        l_i = -log( exp(s(a_i, c_i) / t) / sum_k exp(s(a_i, c_k) / t) ),   L = mean over the N anchors.
+
+    Unlike :func:`nt_xent`, the denominator runs over the candidates only (N - 1 negatives, none of
+    them another anchor), and the anchors are not candidates of each other. NNCLR's loss [11]
+    (eq. 3) is this with the anchors NN(z_i, Q), the nearest neighbours of the projections in the
+    support set, and the candidates the predictions p_k of the other view. Identical rows give
+    log N; L -> 0 when every partner is far more similar than every other candidate.
+
+    gather_distributed: under torch.distributed with W > 1 processes, every anchor is contrasted
+    against the candidates of all processes (W N - 1 negatives, gathered with gradients); each
+    process passes its own N pairs (the same N everywhere) and the mean over processes of the
+    returned values is the loss of the concatenated batch, and so are DDP's averaged gradients
+    (the convention of :mod:`clcourse.distributed`). Without a process group, the loss of this batch.
+    """
+    across_processes = _check_pairs("paired_info_nce", "anchors", anchors, "candidates", candidates,
+                                    gather_distributed)
+    t = check_number("temperature", temperature)
+    a, c = _normalized(anchors, candidates)
+    target = torch.arange(a.shape[0], device=a.device)
+    if across_processes:
+        c = gather_with_grad(c)  # process r's partners are rows r * N + i of the gathered candidates
+        target = target + rank() * a.shape[0]
+    return F.cross_entropy(a @ c.t() / t, target)
 
 
 # --------------------------------------------------------------------------- triplets

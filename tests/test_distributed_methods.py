@@ -7,7 +7,10 @@ method in :data:`clcourse.recipes.METHODS` is tested here automatically: one tha
 option (trains on local negatives) fails.
 
 The encoder and head have no batch norm, so the per-process statistics of data-parallel training
-play no part and the comparison can be exact.
+play no part and the comparison can be exact. State across steps is gathered too: MoCo's queue and
+NNCLR's support set take the keys / projections of every process in rank order, the rows of the
+global batch, so every process looks up the same set as the single process (NNCLR's neighbours
+are then the same rows; without gathering each process's support set holds its own share only).
 """
 
 
@@ -39,7 +42,10 @@ class LinearEncoder(nn.Module):
 def make_method(name: str, gather: bool) -> nn.Module:
     torch.manual_seed(0)  # the same weights in every process and in the reference
     recipe = get_recipe(name, "quick", "digits")
-    options = {**recipe.method_options, **({"queue_size": 64} if name == "moco" else {})}
+    options = {**recipe.method_options, **({"queue_size": 64} if name == "moco" else {}),
+               # NNCLR's default prediction head normalises with the batch statistics of each process;
+               # a linear one keeps the comparison exact, like head_layers=1 for the projection head.
+               **({"prediction_layers": 1} if name == "nnclr" else {})}
     return method_class(name)(LinearEncoder(), projection_dim=8, head_layers=1, temperature=recipe.temperature,
                               gather_distributed=gather, **options)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from clcourse.methods import Method, MoCo, SimCLR, SupCon, Triplet, views_and_labels
+from clcourse.methods import NNCLR, Method, MoCo, SimCLR, SupCon, Triplet, views_and_labels
 
 
 class Identity(nn.Module):
@@ -29,7 +29,7 @@ def test_the_base_gives_forward_project_hooks_and_the_temperature_check():
 
 def test_every_method_is_a_method_and_says_whether_it_gathers():
     encoder = Identity()
-    for cls in (SimCLR, MoCo, SupCon):
+    for cls in (SimCLR, MoCo, SupCon, NNCLR):
         method = cls(encoder, projection_dim=2, gather_distributed=True)
         assert isinstance(method, Method) and method.gather_distributed is True
     assert Triplet(encoder, projection_dim=2).gather_distributed is None  # nothing to gather

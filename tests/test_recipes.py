@@ -5,7 +5,7 @@ import torch
 
 from clcourse.data import DatasetNotFoundError, shard_rows
 from clcourse.distributed import DistributedMethod
-from clcourse.methods import MoCo, SimCLR, SupCon
+from clcourse.methods import NNCLR, MoCo, SimCLR, SupCon
 from clcourse.recipes import (
     DATASETS,
     METHODS,
@@ -39,8 +39,8 @@ def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
 
 
 def test_the_full_cifar10_recipes_follow_their_references():
-    simclr, moco, supcon, swav = (get_recipe(m, "full", "cifar10") for m in METHODS)
-    for r in (simclr, moco, supcon, swav):
+    simclr, moco, supcon, swav, nnclr = (get_recipe(m, "full", "cifar10") for m in METHODS)
+    for r in (simclr, moco, supcon, swav, nnclr):
         assert (r.encoder, r.batch_size, r.epochs, r.optimizer) == ("resnet18_cifar", 512, 200, "sgd")
         assert r.schedule == "cosine"
         assert (r.knn_k, r.knn_temperature) == (200, 0.1)
@@ -50,11 +50,16 @@ def test_the_full_cifar10_recipes_follow_their_references():
     assert supcon.lr == pytest.approx(0.25) and supcon.temperature == 0.1 and supcon.weight_decay == 1e-4
     assert swav.lr == pytest.approx(0.24) and swav.temperature == 0.1 and swav.augment_options["crop_scale"] == (0.14, 1)
     assert swav.method_options["num_prototypes"] == 512 and swav.method_options["epsilon"] == 0.05
+    assert nnclr.lr == pytest.approx(0.24) and nnclr.weight_decay == 5e-4 and nnclr.temperature == 0.5
+    assert (nnclr.projection_dim, nnclr.hidden_dim, nnclr.head_layers) == (256, 2048, 2)
+    assert nnclr.method_options == dict(support_size=8192, prediction_hidden_dim=4096)
     # Expectations are stated with "about" and their source, or say that there is none.
     assert "about" in simclr.expected and "LightlySSL" in simclr.expected
     assert "about" in moco.expected and "MOCO-DEMO" in moco.expected
     assert "no published" in supcon.expected and "96.0%" in supcon.expected
     assert "about 0.84" in swav.expected and "LightlySSL" in swav.expected
+    assert "about 0.82" in nnclr.expected and "0.815 / 0.892" in nnclr.expected and "LightlySSL" in nnclr.expected
+    assert set(nnclr.sources) == {"LIGHTLY", "NNCLR"} and "eq. 3" in nnclr.notes
 
 
 def test_default_dataset_and_auto_profile(monkeypatch):
@@ -123,6 +128,16 @@ def test_multi_crop_recipes_build_small_views_and_share_them_across_processes():
         assert torch.allclose(torch.cat([shard[v] for shard in shards]), view, atol=1e-6)
     with pytest.raises(ValueError, match="small_size"):
         get_recipe("swav", "quick", "digits").override(small_views=2)
+
+
+def test_the_quick_nnclr_recipe_claims_no_measurement():
+    recipe = get_recipe("nnclr", "quick", "digits")
+    assert recipe.temperature == 0.1 and recipe.method_options == dict(support_size=512)
+    assert recipe.expected.startswith("not measured yet") and "not measured here" in recipe.notes
+    method, loader, _, _ = build(recipe.override(batch_size=32), "cpu")
+    assert isinstance(method, NNCLR) and method.support_set.shape == (512, 128) and method.temperature == 0.1
+    views, _ = next(iter(loader))
+    assert torch.isfinite(method.training_step((views, None))) and method.support_filled.item() == 32
 
 
 def test_shard_rows_needs_equal_shares():
