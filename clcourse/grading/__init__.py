@@ -24,6 +24,7 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson06_simclr,
     lesson07_moco,
     lesson08_swav,
+    lesson09_nnclr,
     lesson11_supcon,
 )
 

@@ -91,6 +91,12 @@ LESSON_COSTS: dict[str, LessonCost] = {
         faster="`steps` (300) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`",
     ),
+    "09": LessonCost(
+        "NNCLR", 89,
+        full="NNCLR on 8x8 digits, 3,000 steps per run; `clcourse train nnclr` for CIFAR-10",
+        faster="`steps` (300) or fewer `seeds` (3): a noisier table",
+        fuller="more `steps`",
+    ),
     "11": LessonCost(
         "Supervised contrastive", 78,
         full="SupCon on 16x16 digits, 5,000 steps per run",
