@@ -140,7 +140,7 @@ def run_exercises_build(args: argparse.Namespace) -> int:
 
 # The names of clcourse.recipes.METHODS / DATASETS, repeated so that --help need not import torch
 # (tests/test_cli.py checks that they agree).
-TRAIN_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr")
+TRAIN_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl")
 TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
 
 

@@ -25,6 +25,7 @@ References
     Assignments", NeurIPS.
 [11] Dwibedi et al., NNCLR, 2021. "With a Little Help from My Friends: Nearest-Neighbor Contrastive
     Learning of Visual Representations", ICCV.
+[12] Li et al., PCL, 2021. "Prototypical Contrastive Learning of Unsupervised Representations", ICLR.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "info_nce",
     "info_nce_from_similarities",
     "paired_info_nce",
+    "proto_nce",
     "triplet_margin",
     "mine_triplets",
     "all_triplets_loss",
@@ -367,6 +369,75 @@ def paired_info_nce(anchors: Tensor, candidates: Tensor, temperature: float = 0.
         c = gather_with_grad(c)  # process r's partners are rows r * N + i of the gathered candidates
         target = target + rank() * a.shape[0]
     return F.cross_entropy(a @ c.t() / t, target)
+
+
+def proto_nce(query: Tensor, prototypes: Tensor, concentration: Tensor, assignments: Tensor,
+              negatives: Tensor | None = None) -> Tensor:
+    """The prototype term of ProtoNCE [12] (eq. 6, one set of prototypes): each query picks its own prototype.
+
+    With v_i the query, s_i its cluster, c_j the prototypes and phi_j their concentrations (each prototype's
+    own temperature), and N_i the negative prototypes of query i:
+
+        l_i = -log( exp(v_i . c_{s_i} / phi_{s_i}) / sum_{j in {s_i} + N_i} exp(v_i . c_j / phi_j) ),
+        L = mean over the N queries.
+
+    ProtoNCE ([12] eq. 7) adds the mean of this term over the clusterings to InfoNCE; :class:`clcourse.methods.PCL`
+    composes the two. Queries and prototypes are L2-normalised here (cosine similarity, as elsewhere).
+
+    Args:
+        query: [N, D], the queries v_i (with gradient).
+        prototypes: [M, D], the prototypes c_j (PCL's normalised k-means centroids; no gradient needed).
+        concentration: [M], phi_j > 0.
+        assignments: [N] int, s_i in [0, M): the prototype of each query's image.
+        negatives: [N, r] int, r >= 1 negative prototypes per query, none equal to its own ([12]: r sampled
+            ones); None: all M - 1 others, a cross-entropy over the M prototypes.
+
+    Returns:
+        scalar loss (float32 for half-precision queries).
+    """
+    check_tensor("query", query, "[N, D]")
+    check_tensor("prototypes", prototypes, "[M, D]")
+    n, d = query.shape
+    m = prototypes.shape[0]
+    if prototypes.shape[1] != d or m < 2:
+        raise ValueError(f"prototypes must be [M, {d}] with M >= 2 to match query {shape_of(query)}, got "
+                         f"{shape_of(prototypes)}")
+    if not isinstance(concentration, Tensor) or concentration.shape != (m,) or not concentration.is_floating_point():
+        got = shape_of(concentration) if isinstance(concentration, Tensor) else type(concentration).__name__
+        raise ValueError(f"concentration must be a floating-point tensor [{m}] (one phi per prototype), got {got}")
+    if not bool((concentration > 0).all()) or not bool(torch.isfinite(concentration).all()):
+        raise ValueError("concentration must be finite and > 0 (each prototype's temperature)")
+    if not isinstance(assignments, Tensor) or assignments.shape != (n,) or assignments.is_floating_point():
+        got = shape_of(assignments) if isinstance(assignments, Tensor) else type(assignments).__name__
+        raise ValueError(f"assignments must be an integer tensor [{n}] (each query's prototype), got {got}")
+    if n and (int(assignments.min()) < 0 or int(assignments.max()) >= m):
+        raise ValueError(f"assignments must be prototype indices in [0, {m}), got values "
+                         f"{int(assignments.min())}..{int(assignments.max())}")
+    if negatives is not None:
+        if not isinstance(negatives, Tensor) or negatives.dim() != 2 or negatives.shape[0] != n \
+                or negatives.shape[1] < 1 or negatives.is_floating_point():
+            got = shape_of(negatives) if isinstance(negatives, Tensor) else type(negatives).__name__
+            raise ValueError(f"negatives must be an integer tensor [{n}, r] with r >= 1 (prototype indices per "
+                             f"query), or None for all other prototypes; got {got}")
+        if int(negatives.min()) < 0 or int(negatives.max()) >= m:
+            raise ValueError(f"negatives must be prototype indices in [0, {m})")
+        if bool((negatives == assignments.unsqueeze(1)).any()):
+            raise ValueError("a query's negatives must not contain its own prototype (assignments)")
+    return _proto_nce(query, prototypes, concentration, assignments, negatives)
+
+
+@_outside_autocast
+def _proto_nce(query: Tensor, prototypes: Tensor, concentration: Tensor, assignments: Tensor,
+               negatives: Tensor | None) -> Tensor:
+    """:func:`proto_nce` of checked inputs, without reading any value back from the device (a training step
+    of PCL calls it on prototypes its E-step checked)."""
+    q, c = _normalized(query, prototypes)
+    logits = (q @ c.t()) / concentration.to(q.dtype)  # [N, M]
+    if negatives is None:
+        return F.cross_entropy(logits, assignments)
+    own = logits.gather(1, assignments.unsqueeze(1))
+    candidates = torch.cat([own, logits.gather(1, negatives)], dim=1)  # own prototype at index 0
+    return F.cross_entropy(candidates, torch.zeros(len(candidates), dtype=torch.long, device=candidates.device))
 
 
 # --------------------------------------------------------------------------- triplets

@@ -39,6 +39,9 @@ SwAV         512    200     SGD lr 0.24 (0.06 x 512/128), m 0.9,    0.1    [LIGH
 NNCLR        512    200     SGD lr 0.24 (0.06 x 512/128), m 0.9,    0.5    [LIGHTLY] (its NNCLR entry: support
                             wd 5e-4                                        set 8192, 512-2048-256 head,
                                                                            256-4096-256 predictor)
+PCL          512    200     SGD lr 0.06, m 0.9, wd 5e-4             0.1    [MOCO-DEMO]'s MoCo + [PCL]: 500 /
+                                                                           1000 / 2000 clusters (ours), 20
+                                                                           warm-up epochs
 ===========  =====  ======  ======================================  =====  ================================
 
 References (``Recipe.sources`` names them by these keys):
@@ -62,6 +65,10 @@ References (``Recipe.sources`` names them by these keys):
 [NNCLR] Dwibedi et al., With a Little Help from My Friends: Nearest-Neighbor
     Contrastive Learning of Visual Representations, ICCV 2021 (ImageNet: support
     set 98,304, t = 0.1, 4096-256 prediction MLP, batch 4096).
+[PCL] Li et al., Prototypical Contrastive Learning of Unsupervised
+    Representations, ICLR 2021, and the authors' code github.com/salesforce/PCL
+    (ImageNet: 25,000 / 50,000 / 100,000 clusters, r = 16,000 negative
+    prototypes, alpha = 10, 20 warm-up epochs of 200; no CIFAR-10 result).
 """
 
 from __future__ import annotations
@@ -77,7 +84,7 @@ from torch import nn
 from clcourse.device import get_profile, seed_everything
 from clcourse.train import Budget
 
-METHODS = ("simclr", "moco", "supcon", "swav", "nnclr")
+METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl")
 DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
 PROFILES = ("quick", "full")
 DEFAULT_DATASET = {"quick": "digits", "full": "cifar10"}
@@ -90,6 +97,8 @@ SOURCES = {
     "SUPCON": "Khosla et al., Supervised Contrastive Learning, NeurIPS 2020; github.com/HobbitLong/SupContrast",
     "NNCLR": "Dwibedi et al., With a Little Help from My Friends: Nearest-Neighbor Contrastive Learning of Visual "
     "Representations, ICCV 2021",
+    "PCL": "Li et al., Prototypical Contrastive Learning of Unsupervised Representations, ICLR 2021; "
+    "github.com/salesforce/PCL",
     "DIGITS-BENCH": "benchmarks/bench_recipes.py and benchmarks/README.md of this course",
 }
 
@@ -117,7 +126,7 @@ class Recipe:
         temperature: of the contrastive loss.
         method_options: further constructor arguments of the method (MoCo's
             ``queue_size``, ``momentum``, ``shuffle_bn_groups``; SupCon's ``variant``; NNCLR's
-            ``support_size``, ``prediction_hidden_dim``).
+            ``support_size``, ``prediction_hidden_dim``; PCL's ``num_clusters``, ``warmup_epochs``).
         augment: ``"digits"`` or ``"simclr"``, the :class:`~clcourse.augment.BatchedAugment`
             preset; ``augment_options`` override its knobs (e.g. ``blur_p=0``).
         small_views, small_size, small_augment_options: multi-crop (SwAV): ``small_views`` crops of
@@ -303,8 +312,13 @@ _QUICK_LOSS = {
     # instead of another digit) for 10 of 16 lookups; one of 512 (m = 2) for 3 of 16 (with 256, 1 of 16, but
     # the support set is then the last batch alone).
     "nnclr": dict(temperature=0.1, method_options=dict(support_size=512)),
+    # MoCo's settings, plus k-means of the training set into 25, 50 and 100 clusters: about 50, 25 and 13 of the
+    # 1,257 digits per prototype, the ratio of [PCL]'s 25,000-100,000 clusters of ImageNet's 1.28 million images.
+    # 20 warm-up epochs as [PCL] (an epoch of the digits is 4 steps: 80 steps, about 5% of a 60 s run).
+    "pcl": dict(temperature=0.2, method_options=dict(queue_size=1024, momentum=0.99, shuffle_bn_groups=4,
+                                                     num_clusters=(25, 50, 100), warmup_epochs=20)),
 }
-_DIGITS_TEMPERATURE = {"simclr": 1.0, "moco": 0.5, "supcon": 0.1, "swav": 0.1, "nnclr": 0.1}
+_DIGITS_TEMPERATURE = {"simclr": 1.0, "moco": 0.5, "supcon": 0.1, "swav": 0.1, "nnclr": 0.1, "pcl": 0.5}
 _QUICK_NOTES = {
     "simclr": "",
     # K = 1024 keys = one epoch of 4 batches of 256 (the last 233 of the 1,257 digits are dropped): by
@@ -320,6 +334,10 @@ _QUICK_NOTES = {
              "of 512 projections (two batches, about 50 per class: large enough that a "
              "neighbour can be another image of the same digit, small enough that only 3 in 16 lookups can find "
              "the image's own projection from the previous epoch); a 128-512-128 prediction head. ",
+    "pcl": "MoCo's quick settings (K 1024, m 0.99; on the digits t 0.5, MoCo's best there, not tuned for PCL), "
+           "k-means of the whole training set into 25, 50 and 100 clusters at the start of every epoch after 20 "
+           "warm-up epochs of InfoNCE alone ([PCL]'s warm-up; the images per prototype of [PCL] on ImageNet); all "
+           "the other prototypes are each image's negatives (r = M - 1). Not measured here. ",
 }
 _MEASURED = ("60 s on 2 idle CPU threads (1,250-1,730 steps) gave, in 6 runs of 3 seeds, a linear probe of about "
              "{} with 1% of the labels and {} with 10% (raw pixels: 57% and 89.5%; a random encoder: 57% and 89%; "
@@ -336,6 +354,10 @@ _QUICK_EXPECTED = {
              "gave, in one run of 3 seeds, a linear probe of about 74% (73-76%) with 1% of the labels and 96% "
              "(95.7-96.2%) with 10% (raw pixels: 57% and 89.5%; a random encoder: 57% and 89%; SimCLR: 90% and "
              "97.5%; benchmarks/README.md)",
+    "pcl": "not measured yet: no linear-probe figure for PCL on the digits has been recorded (run "
+           "benchmarks/bench_recipes.py --methods pcl to measure it; raw pixels: 57% and 89.5% at 1% and 10% of the "
+           "labels; MoCo: 80% and 96.8%; benchmarks/README.md). Every epoch after the warm-up begins with k-means of "
+           "the 1,257 digits, so PCL fits fewer steps than MoCo in the same seconds",
 }
 
 
@@ -392,6 +414,28 @@ def _cifar_nnclr(common: dict) -> Recipe:
     )
 
 
+def _cifar_pcl(common: dict) -> Recipe:
+    return Recipe(
+        lr=0.06, weight_decay=5e-4, temperature=0.1, head_layers=1,
+        method_options=dict(queue_size=4096, momentum=0.99, shuffle_bn_groups=8, symmetric=False,
+                            num_clusters=(500, 1000, 2000), warmup_epochs=20),
+        augment_options={"blur_p": 0.0},
+        expected="no published reference at this scale: [PCL] reports ImageNet, VOC and Places results only, and "
+                 "no ResNet-18 CIFAR-10 figure from its authors or a benchmark suite was found; not measured here. "
+                 "The same settings without the prototypes are the MoCo recipe (kNN about 0.83 after 200 epochs, "
+                 "[MOCO-DEMO]).",
+        sources=("PCL", "MOCO-DEMO"),
+        notes="[MOCO-DEMO]'s MoCo (K 4096, m 0.99, t 0.1, linear head, 8 shuffle-BN groups) with [PCL]'s "
+              "prototypes: k-means of the 50,000 momentum features into 500, 1,000 and 2,000 clusters (100, 50 and "
+              "25 images per prototype, our choice: [PCL]'s ImageNet ratio, 51 / 26 / 13, would mean 1,000-4,000 "
+              "clusters and a slower E-step on the CPU) at the start of every epoch after 20 warm-up epochs (as "
+              "[PCL]: 20 of 200); every other prototype is a negative (r = M - 1; [PCL] samples 16,000 of 25,000 "
+              "or more); alpha 10. The E-step runs scikit-learn's k-means on the CPU: expect it to add seconds to "
+              "every epoch.",
+        **common,
+    )
+
+
 def _cifar_recipe(method: str) -> Recipe:
     """The full profile on CIFAR-10: ResNet-18 (CIFAR stem), batch 512, 200 epochs, SGD + cosine."""
     common = dict(method=method, profile="full", dataset="cifar10", image_size=32, in_channels=3,
@@ -401,6 +445,8 @@ def _cifar_recipe(method: str) -> Recipe:
         return _cifar_swav(common)
     if method == "nnclr":
         return _cifar_nnclr(common)
+    if method == "pcl":
+        return _cifar_pcl(common)
     if method == "simclr":
         return Recipe(
             lr=0.06 * 512 / 128, weight_decay=5e-4, temperature=0.5, hidden_dim=512, head_layers=2,
@@ -566,9 +612,9 @@ def build_encoder(recipe: Recipe) -> nn.Module:
 
 def method_class(name: str) -> type[nn.Module]:
     """The :class:`~clcourse.methods.Method` subclass that trains under ``name`` (one of :data:`METHODS`)."""
-    from clcourse.methods import NNCLR, MoCo, SimCLR, SupCon, SwAV
+    from clcourse.methods import NNCLR, PCL, MoCo, SimCLR, SupCon, SwAV
 
-    classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon, "swav": SwAV, "nnclr": NNCLR}
+    classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon, "swav": SwAV, "nnclr": NNCLR, "pcl": PCL}
     if name not in classes:
         raise ValueError(f"method must be one of {METHODS}, got {name!r}")
     return classes[name]
@@ -612,7 +658,8 @@ def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str
 
     Returns:
         the method (on ``device``), a loader of ``(views, labels)`` batches
-        ([B, C, S, S] views on ``device``), and the labelled evaluation sets
+        ([B, C, S, S] views on ``device``; PCL's carry image indices in place of the
+        labels, see :meth:`clcourse.methods.PCL.attach_dataset`), and the labelled evaluation sets
         (:class:`~clcourse.data.ImageData` on the CPU).
 
     Raises:
@@ -627,6 +674,10 @@ def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str
     seed_everything(recipe.seed)
     train, eval_train, eval_test = load_datasets(recipe, root=root, download=download)
     method = build_method(recipe, gather_distributed=world_size > 1).to(device)
+    if recipe.method == "pcl":
+        # PCL's E-step clusters the whole un-augmented training set, and its batches carry each image's index
+        # where the labels go (the loader yields (views, index)): train on the images labelled 0..N-1.
+        train = method.attach_dataset(train)
     augments = [build_augment(recipe, small) for small in (False, True)[: 1 + (recipe.small_views > 0)]]
     if rows is not None:
         augments = [ShardedAugment(a, rows) for a in augments]

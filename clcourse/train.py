@@ -1,7 +1,8 @@
 """One training loop for every method.
 
 A method is an ``nn.Module`` with ``training_step(batch) -> loss`` (and
-optionally ``on_step_end()``, e.g. a momentum update).  :func:`fit` knows
+optionally hooks: ``on_epoch_start(epoch)``, e.g. PCL's clustering of the
+dataset, ``on_step_end()``, e.g. a momentum update, ``on_epoch_end(epoch)``).  :func:`fit` knows
 nothing method-specific: it moves batches to the device, steps the optimiser,
 shows a progress bar, records a history, writes a checkpoint at the end of
 every epoch and resumes from one.
@@ -314,8 +315,9 @@ def fit(
     """Train ``method`` on ``loader`` within a budget and return its :class:`History`.
 
     Args:
-        method: a module with ``training_step(batch) -> scalar loss``; its ``on_step_end()``,
-            if present, runs after every optimiser step and ``on_epoch_end(epoch)`` after
+        method: a module with ``training_step(batch) -> scalar loss``; its ``on_epoch_start(epoch)``,
+            if present, runs before every epoch (``epoch`` = epochs done, also after a resume),
+            ``on_step_end()`` after every optimiser step and ``on_epoch_end(epoch)`` after
             every epoch (see :class:`clcourse.methods.Method`).
         loader: an iterable of batches (re-iterated every epoch); if it has
             ``set_epoch(e)`` that is called first, for reproducible resumes.
@@ -373,6 +375,9 @@ def fit(
         while not clock.done():
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(clock.epoch)
+            if hasattr(method, "on_epoch_start"):
+                method.on_epoch_start(clock.epoch)
+                method.train()  # the hook may have evaluated
             epoch_losses, epoch_images, epoch_start = [], 0, time.perf_counter()
             for batch in loader:
                 for group, base in zip(optimizer.param_groups, base_lrs):

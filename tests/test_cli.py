@@ -60,8 +60,8 @@ def test_train_simclr_writes_checkpoint_history_and_metrics_and_resumes(tmp_path
     assert resumed["step_loss"][:3] == first["step_loss"]  # continued, not restarted
 
 
-@pytest.mark.parametrize("method", ["moco", "supcon", "nnclr"])
-def test_train_moco_supcon_and_nnclr(tmp_path, method):
+@pytest.mark.parametrize("method", ["moco", "supcon", "nnclr", "pcl"])
+def test_train_moco_supcon_nnclr_and_pcl(tmp_path, method):
     out = tmp_path / method
     assert train(out, method, "--steps", "2", "--temperature", "0.3") == 0
     metrics = json.loads((out / "metrics.json").read_text())

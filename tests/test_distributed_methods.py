@@ -11,6 +11,12 @@ play no part and the comparison can be exact. State across steps is gathered too
 NNCLR's support set take the keys / projections of every process in rank order, the rows of the
 global batch, so every process looks up the same set as the single process (NNCLR's neighbours
 are then the same rows; without gathering each process's support set holds its own share only).
+
+PCL's E-step (k-means of the whole training set, run here before the second step) is computed by
+rank 0 and received by the others, so the processes hold identical prototypes, bit for bit. Against
+the one-process run they agree up to rounding only: the E-step encodes the images with weights that
+took one step of DDP's averaged gradients, which differ from the single process's in the last bits;
+the assignments are the same and the prototypes and concentrations agree to 1e-5.
 """
 
 
@@ -19,11 +25,12 @@ import torch
 from torch import nn
 
 from clcourse.distributed import DistributedMethod
-from clcourse.methods import Triplet
+from clcourse.methods import PCL, Triplet
 from clcourse.recipes import METHODS, get_recipe, method_class
 from gloo import run_on_processes
 
 WORLD, BATCH, STEPS = 2, 16, 3
+PCL_IMAGES = 40  # PCL's training set: its batches carry indices into it
 
 
 class LinearEncoder(nn.Module):
@@ -42,32 +49,44 @@ class LinearEncoder(nn.Module):
 def make_method(name: str, gather: bool) -> nn.Module:
     torch.manual_seed(0)  # the same weights in every process and in the reference
     recipe = get_recipe(name, "quick", "digits")
-    options = {**recipe.method_options, **({"queue_size": 64} if name == "moco" else {}),
+    options = {**recipe.method_options, **({"queue_size": 64} if name in ("moco", "pcl") else {}),
+               **({"num_clusters": (4, 8), "warmup_epochs": 1} if name == "pcl" else {}),
                # NNCLR's default prediction head normalises with the batch statistics of each process;
                # a linear one keeps the comparison exact, like head_layers=1 for the projection head.
                **({"prediction_layers": 1} if name == "nnclr" else {})}
-    return method_class(name)(LinearEncoder(), projection_dim=8, head_layers=1, temperature=recipe.temperature,
-                              gather_distributed=gather, **options)
+    method = method_class(name)(LinearEncoder(), projection_dim=8, head_layers=1, temperature=recipe.temperature,
+                                gather_distributed=gather, **options)
+    if name == "pcl":
+        method.attach_dataset(torch.rand(PCL_IMAGES, 1, 8, 8, generator=torch.Generator().manual_seed(7)))
+    return method
 
 
-def global_batch(step: int):
+def global_batch(step: int, indices: bool = False):
     g = torch.Generator().manual_seed(100 + step)
     x1, x2 = torch.rand(BATCH, 1, 8, 8, generator=g), torch.rand(BATCH, 1, 8, 8, generator=g)
+    if indices:  # PCL: each image's row in its training set
+        return [x1, x2], torch.randperm(PCL_IMAGES, generator=g)[:BATCH]
     return [x1, x2], torch.randint(-1, 3, (BATCH,), generator=g)  # -1: unlabelled (SupCon)
 
 
 def train(method, trainee, rows: slice) -> dict:
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.5)
-    losses = []
+    losses, pcl = [], isinstance(method, PCL)
     for step in range(STEPS):
-        views, labels = global_batch(step)
+        if pcl and step < 2:
+            method.on_epoch_start(step)  # epoch 0: the warm-up; before step 1, the E-step
+        views, labels = global_batch(step, indices=pcl)
         loss = trainee.training_step(([v[rows] for v in views], labels[rows]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         method.on_step_end()
         losses.append(loss.item())
-    return {"losses": losses, "weights": method.encoder.fc.weight.detach().clone()}
+    result = {"losses": losses, "weights": method.encoder.fc.weight.detach().clone()}
+    if pcl:
+        result["clusters"] = [[c.prototypes.clone(), c.concentration.clone(), c.assignments.clone()]
+                              for c in method.clusterings]
+    return result
 
 
 def one_process_run(name: str) -> dict:
@@ -115,6 +134,18 @@ def test_local_negatives_train_differently(two_processes, name):
     reference = one_process_run(name)
     local = two_processes[0][f"{name}/local"]
     assert max(abs(a - b) for a, b in zip(local["losses"], reference["losses"])) > 1e-3
+
+
+def test_pcl_e_step_gives_every_process_the_same_prototypes(two_processes):
+    """Identical in every process (rank 0's result); equal to one process's up to rounding (module docstring)."""
+    first, second = (results["pcl/gathered"]["clusters"] for results in two_processes)
+    for mine, theirs in zip(first, second):
+        assert all(torch.equal(a, b) for a, b in zip(mine, theirs))
+    reference = one_process_run("pcl")["clusters"]
+    for (prototypes, phi, assignments), (ref_prototypes, ref_phi, ref_assignments) in zip(first, reference):
+        assert torch.equal(assignments, ref_assignments) and assignments.shape == (PCL_IMAGES,)
+        torch.testing.assert_close(prototypes, ref_prototypes, atol=1e-5, rtol=0)
+        torch.testing.assert_close(phi, ref_phi, atol=1e-5, rtol=1e-5)
 
 
 def test_a_method_without_gathering_is_refused_unless_asked_for(two_processes):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from clcourse.methods import NNCLR, Method, MoCo, SimCLR, SupCon, Triplet, views_and_labels
+from clcourse.methods import NNCLR, PCL, Method, MoCo, SimCLR, SupCon, Triplet, views_and_labels
 
 
 class Identity(nn.Module):
@@ -19,7 +19,7 @@ def test_the_base_gives_forward_project_hooks_and_the_temperature_check():
     x = torch.rand(3, 1, 2, 2)
     assert torch.equal(method(x), x.flatten(1)) and method.project(x).shape == (3, 2)
     assert method.temperature == 0.5 and method.gather_distributed is False and method.sync_batch_norm
-    method.on_step_end(), method.on_epoch_end(1)  # no-ops
+    method.on_epoch_start(0), method.on_step_end(), method.on_epoch_end(1)  # no-ops
     with pytest.raises(NotImplementedError, match="training_step"):
         method.training_step(None)
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
@@ -29,7 +29,7 @@ def test_the_base_gives_forward_project_hooks_and_the_temperature_check():
 
 def test_every_method_is_a_method_and_says_whether_it_gathers():
     encoder = Identity()
-    for cls in (SimCLR, MoCo, SupCon, NNCLR):
+    for cls in (SimCLR, MoCo, SupCon, NNCLR, PCL):
         method = cls(encoder, projection_dim=2, gather_distributed=True)
         assert isinstance(method, Method) and method.gather_distributed is True
     assert Triplet(encoder, projection_dim=2).gather_distributed is None  # nothing to gather

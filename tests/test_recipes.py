@@ -5,7 +5,7 @@ import torch
 
 from clcourse.data import DatasetNotFoundError, shard_rows
 from clcourse.distributed import DistributedMethod
-from clcourse.methods import NNCLR, MoCo, SimCLR, SupCon
+from clcourse.methods import NNCLR, PCL, MoCo, SimCLR, SupCon
 from clcourse.recipes import (
     DATASETS,
     METHODS,
@@ -39,8 +39,8 @@ def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
 
 
 def test_the_full_cifar10_recipes_follow_their_references():
-    simclr, moco, supcon, swav, nnclr = (get_recipe(m, "full", "cifar10") for m in METHODS)
-    for r in (simclr, moco, supcon, swav, nnclr):
+    simclr, moco, supcon, swav, nnclr, pcl = (get_recipe(m, "full", "cifar10") for m in METHODS)
+    for r in (simclr, moco, supcon, swav, nnclr, pcl):
         assert (r.encoder, r.batch_size, r.epochs, r.optimizer) == ("resnet18_cifar", 512, 200, "sgd")
         assert r.schedule == "cosine"
         assert (r.knn_k, r.knn_temperature) == (200, 0.1)
@@ -53,6 +53,9 @@ def test_the_full_cifar10_recipes_follow_their_references():
     assert nnclr.lr == pytest.approx(0.24) and nnclr.weight_decay == 5e-4 and nnclr.temperature == 0.5
     assert (nnclr.projection_dim, nnclr.hidden_dim, nnclr.head_layers) == (256, 2048, 2)
     assert nnclr.method_options == dict(support_size=8192, prediction_hidden_dim=4096)
+    # PCL: the MoCo recipe plus the prototypes
+    assert (pcl.lr, pcl.weight_decay, pcl.temperature, pcl.head_layers) == (moco.lr, moco.weight_decay, 0.1, 1)
+    assert pcl.method_options == dict(moco.method_options, num_clusters=(500, 1000, 2000), warmup_epochs=20)
     # Expectations are stated with "about" and their source, or say that there is none.
     assert "about" in simclr.expected and "LightlySSL" in simclr.expected
     assert "about" in moco.expected and "MOCO-DEMO" in moco.expected
@@ -60,6 +63,8 @@ def test_the_full_cifar10_recipes_follow_their_references():
     assert "about 0.84" in swav.expected and "LightlySSL" in swav.expected
     assert "about 0.82" in nnclr.expected and "0.815 / 0.892" in nnclr.expected and "LightlySSL" in nnclr.expected
     assert set(nnclr.sources) == {"LIGHTLY", "NNCLR"} and "eq. 3" in nnclr.notes
+    assert "no published reference at this scale" in pcl.expected and "not measured" in pcl.expected
+    assert set(pcl.sources) == {"PCL", "MOCO-DEMO"} and "our choice" in pcl.notes
 
 
 def test_default_dataset_and_auto_profile(monkeypatch):
@@ -138,6 +143,23 @@ def test_the_quick_nnclr_recipe_quotes_its_measurement():
     assert isinstance(method, NNCLR) and method.support_set.shape == (512, 128) and method.temperature == 0.1
     views, _ = next(iter(loader))
     assert torch.isfinite(method.training_step((views, None))) and method.support_filled.item() == 32
+
+
+def test_the_quick_pcl_recipe_trains_on_image_indices_and_claims_no_measurement():
+    recipe = get_recipe("pcl", "quick", "digits")
+    moco = get_recipe("moco", "quick", "digits")
+    assert recipe.temperature == moco.temperature == 0.5
+    assert recipe.method_options == dict(moco.method_options, num_clusters=(25, 50, 100), warmup_epochs=20)
+    assert recipe.expected.startswith("not measured yet") and "Not measured here" in recipe.notes
+    method, loader, eval_train, _ = build(recipe.override(batch_size=32), "cpu")
+    assert isinstance(method, PCL) and method.num_clusters == (25, 50, 100) and method.warmup_epochs == 20
+    assert torch.equal(method.training_images, eval_train.images)  # the E-step clusters the whole training set
+    views, index = next(iter(loader))
+    assert index.unique().numel() == 32 and 0 <= index.min() and index.max() < len(eval_train)  # indices, not digits
+    assert torch.isfinite(method.training_step((views, index))) and not method.clustered
+    method.on_epoch_start(20)  # the first E-step, after the 20 warm-up epochs
+    assert [c.assignments.shape for c in method.clusterings] == [(1257,)] * 3
+    assert torch.isfinite(method.training_step((views, index)))
 
 
 def test_shard_rows_needs_equal_shares():

@@ -220,7 +220,7 @@ class MaskedMethod(Method):
 
     def __init__(self):
         super().__init__(nn.Conv2d(3, 2, 1))
-        self.steps_ended, self.epochs_ended = 0, []
+        self.steps_ended, self.epochs_ended, self.epochs_started = 0, [], []
 
     def training_step(self, batch):
         assert isinstance(batch, MaskedBatch)
@@ -229,9 +229,13 @@ class MaskedMethod(Method):
     def on_step_end(self):
         self.steps_ended += 1
 
+    def on_epoch_start(self, epoch):
+        self.epochs_started.append((epoch, self.steps_ended))
+        self.eval()  # e.g. PCL's E-step encodes the dataset; the loop puts the method back in training mode
+
     def on_epoch_end(self, epoch):
         self.epochs_ended.append(epoch)
-        self.eval()  # e.g. PCL's E-step encodes the dataset; the loop puts the method back in training mode
+        self.eval()
 
 
 def test_any_batch_type_reaches_the_method_and_the_hooks_run():
@@ -241,8 +245,22 @@ def test_any_batch_type_reaches_the_method_and_the_hooks_run():
     history = fit(method, MaskedLoader(), epochs=3, device="cpu", progress=False,
                   on_epoch_end=lambda epoch, m, h: seen_modes.append(m.training))
     assert history.steps == 6 and method.steps_ended == 6 and method.epochs_ended == [1, 2, 3]
+    assert method.epochs_started == [(0, 0), (1, 2), (2, 4)]  # before each epoch's first step
     assert history.images_per_second[0] > 0  # counted with len(batch)
     assert seen_modes == [False, False, False]  # the callback runs after the method's own hook
+
+
+def test_on_epoch_start_runs_again_for_the_epoch_a_resumed_run_starts(tmp_path):
+    """A hook that prepares an epoch (PCL's E-step) is not in the checkpoint of the epoch before: the resumed
+    run calls it for its first epoch, as the uninterrupted run did."""
+    torch.manual_seed(0)
+    first = MaskedMethod()
+    fit(first, MaskedLoader(), epochs=2, device="cpu", progress=False, checkpoint_dir=tmp_path)
+    resumed = MaskedMethod()
+    history = fit(resumed, MaskedLoader(), epochs=3, device="cpu", progress=False, checkpoint_dir=tmp_path,
+                  resume=True)
+    assert [e for e, _ in first.epochs_started] == [0, 1] and [e for e, _ in resumed.epochs_started] == [2]
+    assert history.epochs == 3 and resumed.training is False  # fit leaves the method in eval mode
 
 
 def test_to_device_and_count_images_know_every_container():

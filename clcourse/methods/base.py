@@ -6,9 +6,9 @@ A method file then holds only its mechanism (see docs/adding-a-method.md). A met
 - ``encoder`` f, kept for downstream use and evaluated: ``forward(x) = f(x)``;
 - ``projector`` g, the head the loss sees: ``project(x) = g(f(x))``, dropped after training;
 - ``training_step(batch) -> scalar loss``: what the framework defines;
-- hooks that :func:`clcourse.train.fit` calls: ``on_step_end()`` after every optimiser step
-  (momentum encoders, queues, prototype normalisation) and ``on_epoch_end(epoch)`` after
-  every epoch (PCL's k-means E-step);
+- hooks that :func:`clcourse.train.fit` calls: ``on_epoch_start(epoch)`` before every epoch
+  (PCL's k-means E-step), ``on_step_end()`` after every optimiser step (momentum encoders,
+  queues, prototype normalisation) and ``on_epoch_end(epoch)`` after every epoch;
 - ``gather_distributed``: whether its loss draws negatives from every process
   (:mod:`clcourse.distributed`); ``sync_batch_norm``: whether data-parallel training on GPUs
   should compute batch-norm statistics over the global batch (SimCLR's global BN).
@@ -62,6 +62,13 @@ class Method(nn.Module):
     def training_step(self, batch) -> Tensor:
         """The loss of one batch, a scalar with gradient."""
         raise NotImplementedError(f"{type(self).__name__} must define training_step(batch)")
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the loop before every epoch, ``epoch`` the number of epochs done (0 before the first).
+
+        Work over the whole dataset that the next steps need (PCL's E-step) goes here: a run resumed
+        from the checkpoint of an epoch's end calls it again, as the uninterrupted run did.
+        """
 
     def on_step_end(self) -> None:
         """Called by the loop after every optimiser step."""

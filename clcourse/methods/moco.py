@@ -196,6 +196,14 @@ class MoCo(Method):
         sequence from the second step on), and enqueues the keys after the loss.
         """
         (x_q, x_k), _ = views_and_labels(batch, "MoCo", n_views=2)
+        return self.contrast(x_q, x_k)[0]
+
+    def contrast(self, x_q: torch.Tensor, x_k: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """MoCo's step on the views x_q, x_k [B, C, H, W]: momentum update, InfoNCE against the queue, enqueue.
+
+        Returns the loss (a scalar) and the unit queries [B, D] it contrasted, with gradient: [q(x_q)], and
+        [q(x_q), q(x_k)] when ``symmetric`` (PCL adds its prototype term on the same queries).
+        """
         processes = world_size() if self.gather_distributed else 1
         keys_per_step = x_q.shape[0] * (2 if self.symmetric else 1) * processes
         if keys_per_step > self.queue.shape[0]:
@@ -207,10 +215,12 @@ class MoCo(Method):
         # The loss may keep the queue for its backward; the enqueue below writes in place.
         negatives = self.queue.clone()
         k = self.keys(x_k)
-        loss = info_nce(self.queries(x_q), k, negatives, self.temperature)
+        queries = [self.queries(x_q)]
+        loss = info_nce(queries[0], k, negatives, self.temperature)
         if self.symmetric:
             k_sym = self.keys(x_q)
-            loss = (loss + info_nce(self.queries(x_k), k_sym, negatives, self.temperature)) / 2
+            queries.append(self.queries(x_k))
+            loss = (loss + info_nce(queries[1], k_sym, negatives, self.temperature)) / 2
             k = torch.cat([k, k_sym])
         self.enqueue(all_gather_cat(k) if self.gather_distributed else k)
-        return loss
+        return loss, queries
