@@ -1,6 +1,6 @@
 """The quick recipes from the command line: `clcourse train METHOD --dataset digits --seconds 60`, measured.
 
-    .venv/bin/python benchmarks/bench_recipes.py [--seconds 60] [--seeds 0 1 2] [--methods simclr moco supcon swav nnclr]
+    .venv/bin/python benchmarks/bench_recipes.py [--seconds 60] [--seeds 0 1 2] [--methods simclr moco supcon swav nnclr pcl]
 
 Runs the real command (a subprocess per run, the recipe's own settings, 2 threads) for every method and
 seed, and reads its metrics.json: steps trained in the budget, kNN and linear-probe accuracy with 1%, 10%
@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["simclr", "moco", "supcon", "swav", "nnclr"])
+    parser.add_argument("--methods", nargs="+", default=["simclr", "moco", "supcon", "swav", "nnclr", "pcl"])
     args = parser.parse_args()
     torch.set_num_threads(2)
 

@@ -64,6 +64,7 @@ def test_the_full_cifar10_recipes_follow_their_references():
     assert "about 0.82" in nnclr.expected and "0.815 / 0.892" in nnclr.expected and "LightlySSL" in nnclr.expected
     assert set(nnclr.sources) == {"LIGHTLY", "NNCLR"} and "eq. 3" in nnclr.notes
     assert "no published reference at this scale" in pcl.expected and "not measured" in pcl.expected
+    assert "61.5% (PCL v1) and 67.6% (PCL v2" in pcl.expected and "ImageNet figures" in pcl.expected
     assert set(pcl.sources) == {"PCL", "MOCO-DEMO"} and "our choice" in pcl.notes
 
 
@@ -145,12 +146,12 @@ def test_the_quick_nnclr_recipe_quotes_its_measurement():
     assert torch.isfinite(method.training_step((views, None))) and method.support_filled.item() == 32
 
 
-def test_the_quick_pcl_recipe_trains_on_image_indices_and_claims_no_measurement():
+def test_the_quick_pcl_recipe_trains_on_image_indices_and_states_its_measurement():
     recipe = get_recipe("pcl", "quick", "digits")
     moco = get_recipe("moco", "quick", "digits")
     assert recipe.temperature == moco.temperature == 0.5
     assert recipe.method_options == dict(moco.method_options, num_clusters=(25, 50, 100), warmup_epochs=20)
-    assert recipe.expected.startswith("not measured yet") and "Not measured here" in recipe.notes
+    assert "about 84%" in recipe.expected and "benchmarks/README.md" in recipe.expected
     method, loader, eval_train, _ = build(recipe.override(batch_size=32), "cpu")
     assert isinstance(method, PCL) and method.num_clusters == (25, 50, 100) and method.warmup_epochs == 20
     assert torch.equal(method.training_images, eval_train.images)  # the E-step clusters the whole training set
