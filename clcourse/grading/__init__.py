@@ -25,6 +25,7 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson07_moco,
     lesson08_swav,
     lesson09_nnclr,
+    lesson10_pcl,
     lesson11_supcon,
 )
 
