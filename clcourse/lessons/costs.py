@@ -97,6 +97,12 @@ LESSON_COSTS: dict[str, LessonCost] = {
         faster="`steps` (300) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`",
     ),
+    "10": LessonCost(
+        "PCL", 117,
+        full="PCL, MoCo and SimCLR on 8x8 digits, 3,000 steps per run, an E-step every 19",
+        faster="`steps` (300) or fewer `seeds` (3): a noisier table",
+        fuller="more `steps`, or `clcourse train pcl` for CIFAR-10",
+    ),
     "11": LessonCost(
         "Supervised contrastive", 78,
         full="SupCon on 16x16 digits, 5,000 steps per run",
