@@ -1,4 +1,5 @@
-"""Evaluating representations: linear probe, kNN, alignment/uniformity, effective rank.
+"""Evaluating representations: linear probe, kNN, alignment/uniformity, effective rank; and dense
+predictions: the confusion matrix, intersection over union and Dice of a segmentation.
 
 Self-supervised encoders are judged by how easily a simple classifier reads
 the labels off their frozen features: a linear probe (logistic regression,
@@ -14,6 +15,8 @@ directions).
     Alignment and Uniformity on the Hypersphere, ICML 2020.
 [4] Roy & Vetterli, The effective rank: a measure of effective dimensionality,
     EUSIPCO 2007.
+[5] Everingham et al., The PASCAL Visual Object Classes (VOC) Challenge, IJCV 2010 (per-class IoU, its
+    mean over classes).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clcourse.data.dense_data import IGNORE_INDEX
 from clcourse.losses import alignment, uniformity
 from clcourse.train import eval_mode
 
@@ -363,10 +367,68 @@ def _as_numpy(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _as_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
+# --------------------------------------------------------------------------- dense predictions
+
+def _check_dense(pred, target, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both maps flattened to the counted pixels (target != IGNORE_INDEX); classes in [0, num_classes) unless None."""
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                    or num_classes < 2):
+        raise ValueError(f"num_classes must be an int >= 2 (background included), got {num_classes!r}")
+    for name, x in (("pred", pred), ("target", target)):
+        if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            got = f"{x.dtype} of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be an integer tensor of class indices (e.g. [N, H, W]), got {got}; "
+                             "for logits [N, K, H, W] pass logits.argmax(dim=1)")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {list(pred.shape)} and {list(target.shape)}")
+    pred, target = pred.detach().reshape(-1).long().cpu(), target.detach().reshape(-1).long().cpu()
+    counted = target != IGNORE_INDEX
+    for name, x in (("pred", pred), ("target", target[counted])):
+        if num_classes is not None and x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_classes):
+            raise ValueError(f"{name} holds class {int(x.min())}..{int(x.max())}, outside [0, {num_classes})"
+                             + (f" (target may also hold {IGNORE_INDEX}, ignored)" if name == "target" else ""))
+    return pred[counted], target[counted]
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Pixel counts [K, K] int64: row = true class, column = predicted class.
+
+    Args:
+        pred, target: integer class maps of one shape (e.g. [N, H, W]); target pixels equal to
+            :data:`IGNORE_INDEX` are not counted.
+        num_classes: K, background included.
+    """
+    pred, target = _check_dense(pred, target, num_classes)
+    return torch.bincount(target * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def iou_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Intersection over union of every class [K] float64: TP / (TP + FP + FN), NaN for a class that appears
+    in neither ``pred`` nor ``target`` (shapes as :func:`confusion_matrix`)."""
+    counts = confusion_matrix(pred, target, num_classes).double()
+    tp = counts.diag()
+    union = counts.sum(0) + counts.sum(1) - tp
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
+def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """mIoU [5]: the mean of :func:`iou_per_class` over the classes present in ``pred`` or ``target``
+    (all pixels of the set pooled, as the benchmarks compute it), in [0, 1]."""
+    return float(iou_per_class(pred, target, num_classes).nanmean())
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor, foreground: int = 1) -> float:
+    """Dice of one class over all pixels pooled: 2 |P & T| / (|P| + |T|), in [0, 1]; 1 when neither holds it.
+
+    Args:
+        pred, target: integer class maps of one shape (e.g. [N, H, W]); target pixels equal to
+            :data:`IGNORE_INDEX` are not counted.
+        foreground: the class scored (the lesion in a binary segmentation).
+    """
+    p, t = _check_dense(pred, target, None)
+    p, t = p == foreground, t == foreground
+    total = int(p.sum() + t.sum())
+    return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
 
 
 # --------------------------------------------------------------------------- evaluation protocols of a run

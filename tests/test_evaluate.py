@@ -150,3 +150,57 @@ def test_class_compactness_rejects_bad_input():
         class_compactness(torch.randn(3, 2), torch.tensor([0, 0, 0]))
     with pytest.raises(ValueError, match=r"\[N\]"):
         class_compactness(torch.randn(3, 2), torch.tensor([0, 1]))
+
+
+# --------------------------------------------------------------------------- dense predictions
+
+
+def test_segmentation_scores_on_a_hand_made_case():
+    """3 classes on a 2 x 3 map: class 0 right 1 of 2 times, class 1 2 of 3, class 2 predicted once wrongly;
+    one pixel ignored."""
+    from clcourse.data import IGNORE_INDEX
+    from clcourse.evaluate import confusion_matrix, dice, iou_per_class, mean_iou
+
+    target = torch.tensor([[[0, 0, 1], [1, 1, IGNORE_INDEX]]])
+    pred = torch.tensor([[[0, 2, 1], [1, 0, 2]]])
+    assert confusion_matrix(pred, target, 3).tolist() == [[1, 0, 1], [1, 2, 0], [0, 0, 0]]
+    # IoU: class 0: 1 / (1 + 1 + 1) = 1/3; class 1: 2 / (2 + 0 + 1) = 2/3; class 2: 0 / (0 + 1 + 0) = 0
+    torch.testing.assert_close(iou_per_class(pred, target, 3), torch.tensor([1 / 3, 2 / 3, 0.0], dtype=torch.float64))
+    assert mean_iou(pred, target, 3) == pytest.approx(1 / 3)
+    assert mean_iou(pred, target, 4) == pytest.approx(1 / 3)  # an absent class is not averaged in
+    assert dice(pred, target, foreground=1) == pytest.approx(2 * 2 / (2 + 3))
+    assert dice(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long)) == 1.0  # no foreground
+
+
+def test_segmentation_scores_refuse_bad_input():
+    from clcourse.evaluate import dice, mean_iou
+
+    with pytest.raises(ValueError, match="logits.argmax"):
+        mean_iou(torch.rand(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="same shape"):
+        mean_iou(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 3, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        mean_iou(torch.full((1, 2, 2), 3), torch.zeros(1, 2, 2, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        mean_iou(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="integer tensor"):
+        dice(torch.zeros(2, 2, dtype=torch.bool), torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_dense_data_checks_and_subsets():
+    from clcourse.data import IGNORE_INDEX, DenseData
+
+    images, masks = torch.rand(3, 1, 4, 4), torch.zeros(3, 4, 4, dtype=torch.long)
+    masks[0, 1:3, 1:3], masks[2, 0, 0] = 1, IGNORE_INDEX
+    boxes = [torch.tensor([[1.0, 1.0, 3.0, 3.0]]), torch.zeros(0, 4), torch.zeros(0, 4)]
+    labels = [torch.tensor([1]), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)]
+    data = DenseData(images, masks, boxes, labels, ("background", "lesion"))
+    part = data.subset(torch.tensor([True, False, True]))
+    assert len(part) == 2 and part.boxes[0].tolist() == [[1.0, 1.0, 3.0, 3.0]] and part.num_classes == 2
+    assert torch.equal(part[1][1], masks[2])
+    with pytest.raises(ValueError, match="mask values"):
+        DenseData(images, masks + 2, boxes, labels, ("background", "lesion"))
+    with pytest.raises(ValueError, match="int64"):
+        DenseData(images, masks.int(), boxes, labels, ("background", "lesion"))
+    with pytest.raises(ValueError, match="one entry per image"):
+        DenseData(images, masks, boxes[:2], labels, ("background", "lesion"))

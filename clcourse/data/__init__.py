@@ -1,5 +1,6 @@
 """Datasets and view wrappers: everything that feeds images to a contrastive method.
 
+- `DenseData`: images with a class per pixel and a box per object (scenes, lesions).
 - `load_digits`: scikit-learn's 8x8 handwritten digits, offline, upsampled.
 - `make_shapes`: procedural shapes whose nuisance factors are all labelled.
 - `cifar10`, `stl10`: torchvision datasets with a clear error when missing.
@@ -9,6 +10,7 @@
 - `shard_rows`, `ShardedAugment`, `ShardedLoader`: one process's share of every batch.
 """
 
+from clcourse.data.dense_data import IGNORE_INDEX, DenseData
 from clcourse.data.digits import load_digits
 from clcourse.data.folder import load_folder
 from clcourse.data.image_data import ImageData
@@ -36,7 +38,9 @@ __all__ = [
     "COLOR_VALUES",
     "DEFAULT_ROOT",
     "DatasetNotFoundError",
+    "DenseData",
     "FACTOR_NAMES",
+    "IGNORE_INDEX",
     "ImageData",
     "MultiCrop",
     "SHAPE_NAMES",
