@@ -12,6 +12,8 @@ Two implementations of the same distributions:
   every sample with its own random parameters, without a Python loop over samples. Given the
   same parameters, it reproduces the torchvision functional ops sample by sample
   (see :meth:`BatchedAugment.apply` for the exact correspondence and tolerance).
+  For segmentation, :meth:`BatchedAugment.dense` moves each image's class mask [H, W] by the
+  same crop, flip and rotation (nearest sampling), leaving colour ops to the image.
 
 [1] Chen et al., A Simple Framework for Contrastive Learning of Visual Representations
     (SimCLR), ICML 2020.
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from clcourse.checks import check_images
+from clcourse.data.dense_data import IGNORE_INDEX
 
 __all__ = ["simclr_transform", "digits_transform", "AugmentParams", "BatchedAugment", "view_targets", "augmented_views"]
 
@@ -222,6 +225,24 @@ def _resize_matrix(start: Tensor, length: Tensor, in_size: int, size: int, like:
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
+def _rotation_grid(degrees: Tensor, h: int, w: int, like: Tensor) -> Tensor:
+    """grid_sample grid [n, h, w, 2] (like's dtype and device) of a rotation by degrees [n] (CPU) about the centre.
+
+    torchvision's _affine_grid, per sample: pixel-centred base grid [1, h*w, 3] times the inverse
+    rotation [n, 3, 2], pre-divided by the half sizes (same operations, same rounding).
+    """
+    n = len(degrees)
+    rad = (degrees.double() % 360).deg2rad()
+    cos, sin = rad.cos(), rad.sin()
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([cos, sin, -sin, cos, zero, zero], dim=1).view(n, 3, 2)
+    theta = theta.to(like).div_(torch.tensor([0.5 * w, 0.5 * h], device=like.device, dtype=like.dtype))
+    base = torch.ones(1, h, w, 3, device=like.device, dtype=like.dtype)
+    base[..., 0].copy_(torch.linspace((1 - w) / 2, (w - 1) / 2, w, device=like.device, dtype=like.dtype))
+    base[..., 1].copy_(torch.linspace((1 - h) / 2, (h - 1) / 2, h, device=like.device, dtype=like.dtype)[:, None])
+    return base.view(1, h * w, 3).expand(n, -1, -1).bmm(theta).view(n, h, w, 2)
+
+
 def _rotate(x: Tensor, degrees: Tensor) -> Tensor:
     """Rotate each sample of x [n, C, H, W] by its own angle (degrees [n], CPU) about the centre.
 
@@ -230,20 +251,53 @@ def _rotate(x: Tensor, degrees: Tensor) -> Tensor:
     the fill colour (so pixels near the border that sample outside are attenuated twice).
     """
     n, c, h, w = x.shape
-    # torchvision's _affine_grid, per sample: pixel-centred base grid [1, h*w, 3] times the
-    # inverse rotation [n, 3, 2], pre-divided by the half sizes (same operations, same rounding).
-    rad = (degrees.double() % 360).deg2rad()
-    cos, sin = rad.cos(), rad.sin()
-    zero = torch.zeros_like(cos)
-    theta = torch.stack([cos, sin, -sin, cos, zero, zero], dim=1).view(n, 3, 2)
-    theta = theta.to(x).div_(torch.tensor([0.5 * w, 0.5 * h], device=x.device, dtype=x.dtype))
-    base = torch.ones(1, h, w, 3, device=x.device, dtype=x.dtype)
-    base[..., 0].copy_(torch.linspace((1 - w) / 2, (w - 1) / 2, w, device=x.device, dtype=x.dtype))
-    base[..., 1].copy_(torch.linspace((1 - h) / 2, (h - 1) / 2, h, device=x.device, dtype=x.dtype)[:, None])
-    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(theta).view(n, h, w, 2)
+    grid = _rotation_grid(degrees, h, w, x)
     with_ones = torch.cat([x, x.new_ones(n, 1, h, w)], dim=1)
     out = F.grid_sample(with_ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out[:, :c] * out[:, c:]
+
+
+def _rotate_masks(masks: Tensor, degrees: Tensor) -> Tensor:
+    """Rotate each class map of masks int64 [n, H, W] by its own angle (degrees [n], CPU): nearest sampling.
+
+    torchvision's ``rotate(nearest, fill=IGNORE_INDEX)`` of an integer mask: the grid of
+    :func:`_rotation_grid` in float32, the class of the nearest source pixel, and
+    ``IGNORE_INDEX`` where that pixel lies outside the image (no class was there to move).
+    """
+    n, h, w = masks.shape
+    as_float = torch.stack([masks.float(), torch.ones(n, h, w, device=masks.device)], dim=1)
+    grid = _rotation_grid(degrees, h, w, as_float)
+    classes, inside = F.grid_sample(as_float, grid, mode="nearest", padding_mode="zeros",
+                                    align_corners=False).unbind(1)
+    return torch.where(inside < 0.5, IGNORE_INDEX, classes.long())
+
+
+def _nearest_source(start: Tensor, length: Tensor, size: int) -> Tensor:
+    """Source pixel int64 [B, size] of every output pixel of a nearest resize of crops (start, length int64 [B]).
+
+    ``start + floor((i + 0.5) * length / size)``, clamped into the crop: the pixel that contains
+    the centre of output pixel i, which is where the bilinear and antialiased resizes of
+    :meth:`BatchedAugment.apply` centre their sample, so a mask stays on its image. It is
+    PyTorch's "nearest-exact" mode, computed in float32 like its 2-D kernel (torchvision's
+    ``resized_crop(InterpolationMode.NEAREST_EXACT)`` bit for bit); the legacy "nearest" mode
+    reads ``floor(i * length / size)``, up to half a source pixel up and left of the sample.
+    """
+    scale = length.float() / size
+    index = ((torch.arange(size, dtype=torch.float32) + 0.5) * scale[:, None]).floor().long()
+    return torch.minimum(index, (length - 1)[:, None]) + start[:, None]
+
+
+def _check_masks(masks, images: Tensor) -> None:
+    """Check that masks is an int64 class map [B, H, W] for images [B, C, H, W]."""
+    b, _, h, w = images.shape
+    if not isinstance(masks, Tensor):
+        raise TypeError(f"masks must be a torch.Tensor int64 [B, H, W] = [{b}, {h}, {w}], got {type(masks).__name__}")
+    if masks.dtype != torch.long:
+        raise ValueError(f"masks must be int64 class ids [B, H, W] (0 background, {IGNORE_INDEX} ignored), got "
+                         f"{masks.dtype}: cast with .long()")
+    if masks.shape != (b, h, w):
+        raise ValueError(f"masks must be [B, H, W] = [{b}, {h}, {w}] to match images {list(images.shape)}, got "
+                         f"{list(masks.shape)}")
 
 
 def _grayscale_plane(x: Tensor) -> Tensor:
@@ -352,6 +406,9 @@ class BatchedAugment(nn.Module):
 
     Randomness: :meth:`sample_params` draws everything on the CPU from a ``torch.Generator``,
     so a seed gives the same views on every device.
+
+    Dense labels: :meth:`dense` / :meth:`apply_dense` also take class masks int64 [B, H, W] and
+    return them moved with their images, [B, size, size].
     """
 
     def __init__(
@@ -484,6 +541,36 @@ class BatchedAugment(nn.Module):
         check_images(x)
         return self.apply(x, self.sample_params(len(x), generator))
 
+    def apply_dense(self, images: Tensor, masks: Tensor, params: AugmentParams) -> tuple[Tensor, Tensor]:
+        """Augment images [B, C, H, W] and class masks int64 [B, H, W] alike -> [B, C, size, size], [B, size, size].
+
+        The images are exactly ``apply(images, params)``. The masks take the same crop, flip and
+        rotation, sampled nearest so every output pixel keeps a class: the class at the source
+        pixel whose centre is nearest to where the image sampled (torchvision's
+        ``resized_crop(InterpolationMode.NEAREST_EXACT)``, ``horizontal_flip`` and
+        ``rotate(NEAREST, fill=IGNORE_INDEX)``, bit for bit). Pixels a rotation brings in from
+        outside the image get ``IGNORE_INDEX`` (255), which losses and scores skip; colour
+        jitter, grayscale and blur leave the masks alone. Neither input is modified.
+        """
+        check_images(images)
+        _check_masks(masks, images)
+        if len(params) != len(images):
+            raise ValueError(f"params are for {len(params)} samples but images has {len(images)}: "
+                             f"{list(images.shape)}")
+        out = self._crop_and_flip_masks(masks, params)
+        if self.rotation_degrees > 0:
+            out = _on_subset(out, params.rotation != 0, lambda s, i: _rotate_masks(s, params.rotation[i]))
+        return self.apply(images, params), out
+
+    def dense(self, images: Tensor, masks: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Augment images [B, C, H, W] and masks int64 [B, H, W] with freshly drawn parameters.
+
+        ``augment.dense(images, masks, generator=g)`` =
+        ``augment.apply_dense(images, masks, augment.sample_params(len(images), g))``.
+        """
+        check_images(images)
+        return self.apply_dense(images, masks, self.sample_params(len(images), generator))
+
     def _crop_and_flip(self, x: Tensor, params: AugmentParams) -> Tensor:
         """Random resized crop + flip -> a new tensor [B, C, size, size]."""
         b, c, h, w = x.shape
@@ -502,6 +589,16 @@ class BatchedAugment(nn.Module):
         cols = _resize_matrix(boxes[:, 1], boxes[:, 3], w, self.size, x)  # [B, size, W]
         cols = _on_subset(cols, params.flip, lambda s, i: s.flip(1))
         return rows[:, None] @ x @ cols.transpose(1, 2)[:, None]
+
+    def _crop_and_flip_masks(self, masks: Tensor, params: AugmentParams) -> Tensor:
+        """Random resized crop + flip of masks [B, H, W] by nearest sampling -> a new tensor [B, size, size]."""
+        b, h, w = masks.shape
+        boxes = params.crop_boxes(h, w)
+        rows = _nearest_source(boxes[:, 0], boxes[:, 2], self.size).to(masks.device)
+        cols = _nearest_source(boxes[:, 1], boxes[:, 3], self.size)
+        cols = torch.where(params.flip[:, None], cols.flip(1), cols).to(masks.device)
+        batch = torch.arange(b, device=masks.device)
+        return masks[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
 
     def _jitter(self, x: Tensor, params: AugmentParams, index: Tensor) -> Tensor:
         """Colour jitter of the jittered samples x [n, C, H, W] (CPU index [n] into params), partly in place.

@@ -3,17 +3,23 @@
 - `DenseData`: images with a class per pixel and a box per object (scenes, lesions).
 - `load_digits`: scikit-learn's 8x8 handwritten digits, offline, upsampled.
 - `make_shapes`: procedural shapes whose nuisance factors are all labelled.
+- `make_scenes`, `SCENE_CLASSES`: several shapes per image, with class masks and boxes.
+- `make_lesions`: medical-like grayscale slices with lesion masks and boxes, from two scanners.
 - `cifar10`, `stl10`: torchvision datasets with a clear error when missing.
 - `load_folder`: your own images in torchvision's ImageFolder layout.
 - `TwoViews`, `MultiCrop`, `collate_views`: per-sample views for a DataLoader.
 - `ViewLoader`: batched, on-device views of an in-memory `ImageData`.
+- `DenseLoader`: batched, on-device augmented (images, masks) of a `DenseData`.
 - `shard_rows`, `ShardedAugment`, `ShardedLoader`: one process's share of every batch.
 """
 
 from clcourse.data.dense_data import IGNORE_INDEX, DenseData
+from clcourse.data.dense_loader import DenseLoader
 from clcourse.data.digits import load_digits
 from clcourse.data.folder import load_folder
 from clcourse.data.image_data import ImageData
+from clcourse.data.lesions import make_lesions
+from clcourse.data.scenes import SCENE_CLASSES, make_scenes
 from clcourse.data.shapes import (
     COLOR_NAMES,
     COLOR_VALUES,
@@ -39,10 +45,12 @@ __all__ = [
     "DEFAULT_ROOT",
     "DatasetNotFoundError",
     "DenseData",
+    "DenseLoader",
     "FACTOR_NAMES",
     "IGNORE_INDEX",
     "ImageData",
     "MultiCrop",
+    "SCENE_CLASSES",
     "SHAPE_NAMES",
     "ShardedAugment",
     "ShardedLoader",
@@ -55,6 +63,8 @@ __all__ = [
     "default_root",
     "load_digits",
     "load_folder",
+    "make_lesions",
+    "make_scenes",
     "make_shapes",
     "shard_rows",
     "stl10",

@@ -95,3 +95,23 @@ class DenseData(Dataset):
         n, c, h, w = self.images.shape
         objects = sum(len(b) for b in self.boxes)
         return f"DenseData(n={n}, image=[{c}, {h}, {w}], classes={list(self.class_names)}, objects={objects})"
+
+
+def tight_boxes(object_masks: Tensor) -> tuple[Tensor, Tensor]:
+    """The tight box of every object's pixels, in the convention of `DenseData.boxes`.
+
+    Args:
+        object_masks: bool [N, K, H, W], the pixels of object k of image n.
+
+    Returns:
+        boxes float32 [N, K, 4], ``(x0, y0, x1, y1)`` in pixels with x1, y1 exclusive (zeros
+        for an object without pixels), and present bool [N, K]: whether the object has a pixel.
+    """
+    columns, rows = object_masks.any(2), object_masks.any(3)  # [N, K, W], [N, K, H]
+    present = columns.any(2)
+    columns, rows = columns.byte(), rows.byte()  # argmax takes no bool
+    # argmax returns the first maximum: the first occupied column from the left, and from the right when flipped.
+    x0, x1 = columns.argmax(2), object_masks.shape[3] - columns.flip(2).argmax(2)
+    y0, y1 = rows.argmax(2), object_masks.shape[2] - rows.flip(2).argmax(2)
+    boxes = torch.stack([x0, y0, x1, y1], dim=2).float() * present[..., None]
+    return boxes, present

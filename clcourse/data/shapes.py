@@ -11,7 +11,9 @@ small enough to generate in a notebook.
 Rendering is vectorised over the batch: every shape is a signed distance
 function (SDF) evaluated on a coordinate grid in the shape's own frame, and the
 distance to the edge, in pixels, gives an anti-aliased coverage.  Most SDFs
-follow Inigo Quilez's 2D distance functions [3].
+follow Inigo Quilez's 2D distance functions [3].  The multi-object scenes of
+`clcourse.data.scenes` draw with the same renderers (`shape_coverage`,
+`texture_background`).
 
 [1] Matthey et al., "dSprites: Disentanglement testing Sprites dataset", 2017.
 [2] Burgess & Kim, "3D Shapes Dataset", 2018.
@@ -21,6 +23,7 @@ follow Inigo Quilez's 2D distance functions [3].
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -176,6 +179,95 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator) -> Tensor:
     return low + (high - low) * torch.rand(n, generator=g)
 
 
+# --- rendering shared with the multi-object scenes (clcourse.data.scenes) ---
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """Pixel centres of an image of side S = ``size`` in [-1, 1], x right and y up; a pixel is ``pixel`` wide.
+
+    ``x`` is float32 [1, 1, S] and ``y`` float32 [1, S, 1], so they broadcast against per-image [M, 1, 1]
+    parameters to [M, S, S].
+    """
+
+    x: Tensor
+    y: Tensor
+    pixel: float
+    size: int
+
+    @classmethod
+    def of(cls, size: int) -> PixelGrid:
+        """The grid of an image of side ``size``."""
+        pixel = 2.0 / size
+        axis = (torch.arange(size, dtype=torch.float32) + 0.5) * pixel - 1
+        return cls(axis.view(1, 1, -1), -axis.view(1, -1, 1), pixel, size)
+
+
+def symmetry_periods() -> Tensor:
+    """float32 [len(SHAPE_NAMES)]: `SYMMETRY_PERIOD` of every shape code, in radians."""
+    return torch.tensor([SYMMETRY_PERIOD[name] for name in SHAPE_NAMES])
+
+
+def draw_texture_params(n: int, g: torch.Generator) -> dict[str, Tensor]:
+    """Random background settings of ``n`` images: name -> float32 [n] (base, amplitude, period, angle, phases)."""
+    return {
+        "base": _uniform(n, *BACKGROUND_BASE, g),
+        "amplitude": _uniform(n, *BACKGROUND_AMPLITUDE, g),
+        "period": _uniform(n, *TEXTURE_PERIOD, g),
+        "angle": _uniform(n, 0.0, math.pi, g),
+        "phase_x": torch.rand(n, generator=g),
+        "phase_y": torch.rand(n, generator=g),
+    }
+
+
+def shape_coverage(
+    shape: Tensor, centre_x: Tensor, centre_y: Tensor, radius: Tensor, angle: Tensor, grid: PixelGrid
+) -> Tensor:
+    """Anti-aliased coverage float32 [M, S, S] in [0, 1] of M shapes, one per image.
+
+    Args:
+        shape: int64 [M] codes into `SHAPE_NAMES`.
+        centre_x, centre_y, radius: float32 [M], in grid units (the image spans [-1, 1], y up).
+        angle: float32 [M], counter-clockwise rotation in radians.
+        grid: the images' `PixelGrid`.
+
+    A pixel's coverage is 0.5 minus its signed distance to the edge in pixels, clamped to [0, 1]:
+    exactly 0.5 on the edge, so ``coverage > 0.5`` is the shape's hard mask.
+    """
+    coverage = torch.empty(len(shape), grid.size, grid.size)
+    for code, name in enumerate(SHAPE_NAMES):
+        idx = (shape == code).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        r, cos, sin = (t[idx].view(-1, 1, 1) for t in (radius, torch.cos(angle), torch.sin(angle)))
+        dx, dy = grid.x - centre_x[idx].view(-1, 1, 1), grid.y - centre_y[idx].view(-1, 1, 1)
+        # Rotate the grid by -angle into the shape's frame and divide by its radius.
+        x, y = (cos * dx + sin * dy) / r, (cos * dy - sin * dx) / r
+        distance_pixels = _SDF[name](x, y) * r / grid.pixel
+        coverage[idx] = (0.5 - distance_pixels).clamp(0, 1)
+    return coverage
+
+
+def texture_background(texture: Tensor, params: dict[str, Tensor], grid: PixelGrid, g: torch.Generator) -> Tensor:
+    """Grey backgrounds float32 [M, S, S] in [0, 1]: ``base + amplitude * pattern`` of each image's texture.
+
+    Args:
+        texture: int64 [M] codes into `TEXTURE_NAMES`.
+        params: from `draw_texture_params` (float32 [M] each).
+        grid: the images' `PixelGrid`.
+        g: draws the "noise" texture's pixels.
+    """
+    background = torch.empty(len(texture), grid.size, grid.size)
+    for code, name in enumerate(TEXTURE_NAMES):
+        idx = (texture == code).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        p = {key: value[idx].view(-1, 1, 1) for key, value in params.items()}
+        pattern = _texture_pattern(name, grid.x, grid.y, p, grid.pixel, g)
+        background[idx] = p["base"] + p["amplitude"] * pattern
+    return background
+
+
 def _bin(u: Tensor, bins: int) -> Tensor:
     return (u * bins).long().clamp(max=bins - 1)
 
@@ -233,48 +325,17 @@ def make_shapes(
     color = torch.where(torch.rand(n, generator=g) < correlated_color, shape % len(COLOR_NAMES), color)
     u_scale, u_x, u_y, u_rotation = torch.rand(4, n, generator=g)
     texture = torch.randint(len(TEXTURE_NAMES), (n,), generator=g)
-    texture_params = {
-        "base": _uniform(n, *BACKGROUND_BASE, g),
-        "amplitude": _uniform(n, *BACKGROUND_AMPLITUDE, g),
-        "period": _uniform(n, *TEXTURE_PERIOD, g),
-        "angle": _uniform(n, 0.0, math.pi, g),
-        "phase_x": torch.rand(n, generator=g),
-        "phase_y": torch.rand(n, generator=g),
-    }
+    texture_params = draw_texture_params(n, g)
 
     radius = RADIUS_RANGE[0] + (RADIUS_RANGE[1] - RADIUS_RANGE[0]) * u_scale
     travel = 1.0 - MARGIN - SHAPE_EXTENT * radius  # how far the centre may move from the middle
     centre_x = (2 * u_x - 1) * travel
     centre_y = (1 - 2 * u_y) * travel  # y points up, so u_y = 0 is the top
-    period = torch.tensor([SYMMETRY_PERIOD[name] for name in SHAPE_NAMES])[shape]
-    angle = u_rotation * period
+    angle = u_rotation * symmetry_periods()[shape]
 
-    # Pixel centres in [-1, 1], x right and y up; one pixel is `pixel` units wide.
-    pixel = 2.0 / image_size
-    axis = (torch.arange(image_size, dtype=torch.float32) + 0.5) * pixel - 1
-    grid_x, grid_y = axis.view(1, 1, -1), -axis.view(1, -1, 1)
-
-    coverage = torch.empty(n, image_size, image_size)
-    for code, name in enumerate(SHAPE_NAMES):
-        idx = (shape == code).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        r, cos, sin = (t[idx].view(-1, 1, 1) for t in (radius, torch.cos(angle), torch.sin(angle)))
-        dx, dy = grid_x - centre_x[idx].view(-1, 1, 1), grid_y - centre_y[idx].view(-1, 1, 1)
-        # Rotate the grid by -angle into the shape's frame and divide by its radius.
-        x, y = (cos * dx + sin * dy) / r, (cos * dy - sin * dx) / r
-        distance_pixels = _SDF[name](x, y) * r / pixel
-        coverage[idx] = (0.5 - distance_pixels).clamp(0, 1)
-
-    background = torch.empty(n, image_size, image_size)
-    for code, name in enumerate(TEXTURE_NAMES):
-        idx = (texture == code).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            continue
-        p = {key: value[idx].view(-1, 1, 1) for key, value in texture_params.items()}
-        pattern = _texture_pattern(name, grid_x, grid_y, p, pixel, g)
-        background[idx] = p["base"] + p["amplitude"] * pattern
-
+    grid = PixelGrid.of(image_size)
+    coverage = shape_coverage(shape, centre_x, centre_y, radius, angle, grid)
+    background = texture_background(texture, texture_params, grid, g)
     fill = COLOR_VALUES[color].view(n, 3, 1, 1)
     coverage = coverage.unsqueeze(1)
     images = background.unsqueeze(1) * (1 - coverage) + fill * coverage

@@ -114,6 +114,16 @@ def collate_views(items: Sequence[tuple[Sequence[Tensor], int | Tensor]]) -> Bat
     return views, labels
 
 
+def epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Generator]:
+    """The CPU generators of epoch ``epoch`` of a loader seeded ``seed``: (order, augmentation).
+
+    SeedSequence mixes (seed, epoch) into well-separated streams: seed + epoch would make
+    (seed=0, epoch=1) repeat (seed=1, epoch=0).
+    """
+    order_seed, augment_seed = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    return torch.Generator().manual_seed(int(order_seed)), torch.Generator().manual_seed(int(augment_seed))
+
+
 class ViewLoader:
     """Shuffled batches of views of an in-memory dataset, augmented a batch at a time.
 
@@ -207,15 +217,6 @@ class ViewLoader:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         self.epoch = epoch
 
-    def _generators(self, epoch: int) -> tuple[torch.Generator, torch.Generator]:
-        # SeedSequence mixes (seed, epoch) into well-separated streams: seed + epoch
-        # would make (seed=0, epoch=1) repeat (seed=1, epoch=0).
-        order_seed, augment_seed = np.random.SeedSequence([self.seed, epoch]).generate_state(2)
-        return (
-            torch.Generator().manual_seed(int(order_seed)),
-            torch.Generator().manual_seed(int(augment_seed)),
-        )
-
     def __iter__(self) -> Iterator[Batch]:
         # Not a generator function: the epoch is claimed when iteration starts,
         # not lazily at the first next().
@@ -224,7 +225,7 @@ class ViewLoader:
         return self._batches(epoch)
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
-        order_generator, augment_generator = self._generators(epoch)
+        order_generator, augment_generator = epoch_generators(self.seed, epoch)
         n = len(self.images)
         order = torch.randperm(n, generator=order_generator) if self.shuffle else torch.arange(n)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
