@@ -15,8 +15,10 @@ methods such as NNCLR and BYOL.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -196,3 +198,91 @@ class PredictionHead(ProjectionHead):
 
     def __init__(self, dim: int = 128, hidden_dim: int = 512):
         super().__init__(dim, hidden_dim=hidden_dim, out_dim=dim, num_layers=2)
+
+
+class SegmenterOutput(NamedTuple):
+    """What :class:`SmallSegmenter` returns: class logits at the input's size and unit pixel embeddings.
+
+    Attributes:
+        logits: [B, K, H, W], one score per class and pixel (for cross-entropy and the prediction).
+        embeddings: [B, E, h, w], L2-normalised along E, at the feature resolution (h = ceil(H / 2)).
+    """
+
+    logits: torch.Tensor
+    embeddings: torch.Tensor
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallSegmenter(nn.Module):
+    """A small fully-convolutional segmenter for 16-64 px images, with the projection head of pixel contrast [4].
+
+    A tiny encoder-decoder: a full-resolution conv, two stages that each halve the resolution
+    (1/2, then 1/4), and a decoder that upsamples the 1/4 features bilinearly and adds them to the
+    1/2 ones (a skip connection: the deep stage knows *what*, the shallow one *where*). On those
+    1/2-resolution features F sit two heads:
+
+    - the classifier, a 1x1 conv to K logits, upsampled bilinearly to the input size;
+    - the projection head of [4]: 1x1 conv - BN - ReLU - 1x1 conv to E channels, then L2
+      normalisation over the channels: one unit embedding per pixel of F, the space the
+      pixel-contrast loss sees (dropped after training, like SimCLR's head).
+
+    Every layer is a convolution, batch norm, ReLU or interpolation, so the network takes any
+    image size and runs channels-last on any device.
+
+    Args:
+        in_channels: 1 or 3.
+        num_classes: K, the background included.
+        width: channels of the full-resolution conv; the 1/2 and 1/4 stages use 2x and 4x.
+        embedding_dim: E, the size of the pixel embeddings (256 in [4]).
+
+    Shapes: images [B, in_channels, H, W] -> :class:`SegmenterOutput` with logits [B, K, H, W] and
+    embeddings [B, E, ceil(H / 2), ceil(W / 2)].
+
+    [4] Wang et al., Exploring Cross-Image Pixel Contrast for Semantic Segmentation, ICCV 2021.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 7, width: int = 32, embedding_dim: int = 64):
+        super().__init__()
+        for name, value, least in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2),
+                                   ("width", width, 1), ("embedding_dim", embedding_dim, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.embedding_dim = embedding_dim
+        self.stem = _conv_bn_relu(in_channels, width)
+        self.down2 = nn.Sequential(_conv_bn_relu(width, 2 * width, stride=2), _conv_bn_relu(2 * width, 2 * width))
+        self.down4 = nn.Sequential(_conv_bn_relu(2 * width, 4 * width, stride=2), _conv_bn_relu(4 * width, 4 * width))
+        # 1x1 before upsampling: the skip sum needs 2w channels, and mixing at 1/4 costs a quarter as much
+        self.lateral = nn.Sequential(nn.Conv2d(4 * width, 2 * width, 1, bias=False), nn.BatchNorm2d(2 * width))
+        self.fuse = _conv_bn_relu(2 * width, 2 * width)
+        self.classifier = nn.Conv2d(2 * width, num_classes, 1)
+        self.projection = nn.Sequential(
+            nn.Conv2d(2 * width, 2 * width, 1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, embedding_dim, 1),
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's features F: [B, in_channels, H, W] -> [B, 2 * width, ceil(H / 2), ceil(W / 2)]."""
+        check_images(x, self.in_channels)
+        half = self.down2(self.stem(x))
+        deep = F.interpolate(self.lateral(self.down4(half)), size=half.shape[-2:], mode="bilinear",
+                             align_corners=False)
+        return self.fuse(F.relu(half + deep))
+
+    def forward(self, x: torch.Tensor) -> SegmenterOutput:
+        features = self.features(x)
+        logits = F.interpolate(self.classifier(features), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        embeddings = F.normalize(self.projection(features), dim=1)
+        return SegmenterOutput(logits, embeddings)

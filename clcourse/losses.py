@@ -26,6 +26,8 @@ References
 [11] Dwibedi et al., NNCLR, 2021. "With a Little Help from My Friends: Nearest-Neighbor Contrastive
     Learning of Visual Representations", ICCV.
 [12] Li et al., PCL, 2021. "Prototypical Contrastive Learning of Unsupervised Representations", ICLR.
+[13] Wang et al., Pixel contrast, 2021. "Exploring Cross-Image Pixel Contrast for Semantic Segmentation",
+    ICCV.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "pairwise_distance",
     "supcon",
     "supcon_anchor_losses",
+    "pixel_contrast",
     "swapped_prediction",
     "alignment",
     "uniformity",
@@ -780,6 +783,116 @@ def supcon_anchor_losses(
     if variant == "out":
         return -log_prob.masked_fill(~pos_mask, 0.0).sum(dim=1) / n_pos
     return n_pos.log() - torch.logsumexp(log_prob.masked_fill(~pos_mask, float("-inf")), dim=1)
+
+
+# --------------------------------------------------------------------------- pixel contrast
+
+
+@_outside_autocast
+def pixel_contrast(
+    anchors: Tensor,
+    anchor_labels: Tensor,
+    contrast: Tensor | None = None,
+    contrast_labels: Tensor | None = None,
+    temperature: float = 0.1,
+    *,
+    self_index: Tensor | None = None,
+) -> Tensor:
+    """The supervised pixel-wise contrastive loss of Wang et al. [13] (eq. 3): each positive against the negatives.
+
+    Shapes: anchors [N, D] (pixel embeddings) with anchor_labels [N] (their classes); contrast [M, D] with
+    contrast_labels [M], the pixels (and region means) they are contrasted with; returns a scalar.
+
+    In words, with s cosine similarity, P_i the contrast rows of anchor i's class and N_i those of the
+    other classes:
+
+        l_i = 1/|P_i| sum_{p in P_i} -log( exp(s_ip / t) / (exp(s_ip / t) + sum_{n in N_i} exp(s_in / t)) ),
+        L = mean of l_i over the anchors that have at least one positive.
+
+    Each positive has its own denominator, itself plus the negatives: unlike SupCon's [8] (eq. 2), whose
+    denominator holds every candidate, the positives of an anchor do not compete with each other, so
+    l_i can reach 0. All embeddings equal gives l_i = log(1 + |N_i|).
+
+    An anchor is never its own positive. ``contrast=None`` (or ``contrast`` the very tensor ``anchors``,
+    without ``self_index``) contrasts the anchors with each other, anchor i's own row excluded. When ``contrast`` holds the
+    anchors among other rows (pixel contrast's [anchors; memory]), ``self_index`` [N] names the row of
+    each anchor in it (-1: not there), excluded likewise; None: no row of ``contrast`` is an anchor.
+
+    Anchors without a positive (their class nowhere else in ``contrast``) are skipped; when no anchor
+    has one the loss is 0, still in the graph (a batch may hold a class once and the memory none yet).
+    An anchor without negatives has l_i = 0. Gradients reach ``anchors`` and ``contrast`` (pass a
+    memory detached). Computed in log space (softplus of log-sum-exps), float32 at least.
+    """
+    check_tensor("anchors", anchors, "[N, D]")
+    n, d = anchors.shape
+    if n < 1:
+        raise ValueError(f"pixel_contrast needs at least one anchor (N >= 1), got anchors of shape {shape_of(anchors)}")
+    check_labels(anchor_labels, n, "anchor")
+    t = check_number("temperature", temperature)
+    if contrast is anchors and self_index is None:  # the very same tensor: the anchors with each other
+        if contrast_labels is not None:
+            check_labels(contrast_labels, n, "row of contrast")
+            if not torch.equal(contrast_labels.to(anchor_labels.device), anchor_labels):
+                raise ValueError("contrast is anchors, so contrast_labels must equal anchor_labels")
+        contrast, contrast_labels = None, None
+    if contrast is None:
+        if contrast_labels is not None:
+            raise ValueError("contrast_labels needs contrast: contrast=None contrasts the anchors with each other")
+        if self_index is not None:
+            raise ValueError("self_index needs a separate contrast: contrast=None already excludes each anchor itself")
+        contrast, contrast_labels = anchors, anchor_labels
+        self_index = torch.arange(n, device=anchors.device)
+    check_tensor("contrast", contrast, f"[M, {d}]")
+    m = contrast.shape[0]
+    if contrast.shape[1] != d or m < 1:
+        raise ValueError(f"contrast must be [M, {d}] with M >= 1 to match anchors {shape_of(anchors)}, "
+                         f"got {shape_of(contrast)}")
+    if contrast_labels is None:
+        raise ValueError(f"contrast needs contrast_labels [{m}], the class of each row")
+    check_labels(contrast_labels, m, "row of contrast")
+    anchor_labels, contrast_labels = anchor_labels.to(anchors.device), contrast_labels.to(anchors.device)
+    is_self = _self_pairs(self_index, anchor_labels, contrast_labels)
+    a, c = _normalized(anchors, contrast)
+    same = anchor_labels.unsqueeze(1) == contrast_labels.unsqueeze(0)
+    positive = same & ~is_self
+    has_positive = positive.any(dim=1)
+    if not bool(has_positive.any()):
+        return (a.sum() + c.sum()) * 0.0
+    # Only anchors with a positive enter the log-sum-exps: a row without any would be all -inf.
+    a, positive, negative = a[has_positive], positive[has_positive], ~same[has_positive]
+    logits = (a / t) @ c.t()  # [N', M]; dividing the [N', D] factor costs less than the [N', M] product
+    # log sum_n exp(s_in / t) per anchor; -inf without negatives, and then its terms below are 0
+    log_negatives = torch.logsumexp(logits.masked_fill(~negative, float("-inf")), dim=1)
+    # One term per (anchor, positive) pair, not per matrix entry: with K classes, ~1/K of them.
+    anchor, row = positive.nonzero(as_tuple=True)
+    # -log(e^l / (e^l + e^L)) = log(1 + e^(L - l)): softplus keeps small terms exact, where
+    # logaddexp(l, L) - l would subtract two numbers of size 1/t.
+    terms = F.softplus(log_negatives[anchor] - logits[anchor, row])
+    per_positive = positive.sum(dim=1).to(terms.dtype)[anchor]  # |P_i| of each pair's anchor
+    return (terms / per_positive).sum() / a.shape[0]
+
+
+def _self_pairs(self_index: Tensor | None, anchor_labels: Tensor, contrast_labels: Tensor) -> Tensor:
+    """Checked ``self_index`` [N] (-1: absent) as a bool matrix [N, M], True at (anchor, its own row)."""
+    n, m = anchor_labels.shape[0], contrast_labels.shape[0]
+    is_self = torch.zeros(n, m, dtype=torch.bool, device=anchor_labels.device)
+    if self_index is None:
+        return is_self
+    if not isinstance(self_index, Tensor) or self_index.shape != (n,) or self_index.is_floating_point():
+        got = f"{self_index.dtype} {shape_of(self_index)}" if isinstance(self_index, Tensor) else type(self_index).__name__
+        raise ValueError(f"self_index must be an integer tensor [{n}] (each anchor's row in contrast, -1 for none), "
+                         f"got {got}")
+    self_index = self_index.to(anchor_labels.device)
+    present = self_index >= 0
+    if bool((self_index < -1).any()) or bool((self_index >= m).any()):
+        raise ValueError(f"self_index must hold rows of contrast in [0, {m}) or -1, got values "
+                         f"{int(self_index.min())}..{int(self_index.max())}")
+    rows = torch.arange(n, device=anchor_labels.device)[present]
+    if not torch.equal(contrast_labels[self_index[present]], anchor_labels[present]):
+        raise ValueError("self_index must point at each anchor's own row of contrast, which has the anchor's "
+                         "label; some rows it names have another label")
+    is_self[rows, self_index[present]] = True
+    return is_self
 
 
 # --------------------------------------------------------------------------- hypersphere metrics
