@@ -9,19 +9,18 @@ augmentation of epoch e are a pure function of ``(seed, e)``, drawn from CPU gen
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from clcourse.data.dense_data import DenseData
-from clcourse.data.views import epoch_generators
+from clcourse.data.views import EpochLoader, epoch_generators
 
 __all__ = ["DenseLoader"]
 
 
-class DenseLoader:
+class DenseLoader(EpochLoader):
     """Shuffled batches ``(images, masks)`` of a `DenseData`, augmented a batch at a time.
 
     Works with :func:`clcourse.train.fit`: it has ``len`` (batches per epoch) and
@@ -74,17 +73,6 @@ class DenseLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.epoch = 0
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration epoch ``epoch`` (order and augmentation from ``(seed, epoch)``)."""
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # Not a generator function: the epoch is claimed when iteration starts, not at the first next().

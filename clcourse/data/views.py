@@ -124,7 +124,28 @@ def epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Gene
     return torch.Generator().manual_seed(int(order_seed)), torch.Generator().manual_seed(int(augment_seed))
 
 
-class ViewLoader:
+class EpochLoader:
+    """What the in-memory loaders share: ``images`` [N, ...], ``batch_size``, ``drop_last`` and the ``epoch``
+    whose order and augmentation (drawn from ``(seed, epoch)``) the next iteration replays."""
+
+    images: Tensor
+    batch_size: int
+    drop_last: bool
+    epoch: int
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration epoch ``epoch`` (order and augmentation from ``(seed, epoch)``)."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self.epoch = epoch
+
+
+class ViewLoader(EpochLoader):
     """Shuffled batches of views of an in-memory dataset, augmented a batch at a time.
 
     The fast path for training: no per-sample Python, no worker processes.
@@ -205,17 +226,6 @@ class ViewLoader:
         self.drop_last = drop_last
         self.seed = seed
         self.epoch = 0
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        n = len(self.images)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration epoch ``epoch`` (order and augmentation from ``(seed, epoch)``)."""
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
         # Not a generator function: the epoch is claimed when iteration starts,
