@@ -140,8 +140,8 @@ def run_exercises_build(args: argparse.Namespace) -> int:
 
 # The names of clcourse.recipes.METHODS / DATASETS, repeated so that --help need not import torch
 # (tests/test_cli.py checks that they agree).
-TRAIN_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl")
-TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
+TRAIN_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl", "pixel-contrast", "pcrl")
+TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder", "scenes", "lesions")
 
 
 def _dataset_name(text: str) -> str:
@@ -157,18 +157,20 @@ def add_train_command(subparsers) -> None:
     """``clcourse train METHOD [--dataset NAME] [--epochs N | --steps N | --seconds S] [options]``."""
     parser = subparsers.add_parser(
         "train", help="train a method from its recipe, evaluate it, write checkpoints and metrics",
-        description="Train SimCLR, MoCo or SupCon with the recipe of the profile (clcourse/recipes.py), "
-                    "then evaluate the encoder: kNN and linear probes with 1%%, 10%% and 100%% of the labels. "
+        description="Train a method with the recipe of the profile (clcourse/recipes.py), then evaluate it: "
+                    "the image methods' encoder by kNN and linear probes with 1%%, 10%% and 100%% of the labels; "
+                    "pixel-contrast (on scenes) by the mIoU of its segmentation; pcrl (on lesions) by the "
+                    "lesion Dice after fine-tuning its U-Net on a few labelled slices. "
                     "Writes DIR/last.pt (after an epoch, at most every 30 s, and at the end), DIR/history.json "
                     "and DIR/metrics.json. "
-                    "Under 'torchrun --nproc_per_node=K -m clcourse train ...' it trains with "
+                    "Under 'torchrun --nproc_per_node=K -m clcourse train ...' an image method trains with "
                     "DistributedDataParallel (gloo on CPUs, nccl on GPUs), negatives gathered from every "
-                    "process; --batch-size is the global batch.")
+                    "process; --batch-size is the global batch. The dense methods train on one process.")
     parser.add_argument("method", choices=TRAIN_METHODS, metavar="METHOD", help=f"one of {', '.join(TRAIN_METHODS)}")
     parser.add_argument("--dataset", type=_dataset_name, metavar="NAME",
                         help="digits, shapes, cifar10, stl10 or folder:PATH (your images, one sub-folder per "
                              "class) (default: digits in the quick profile, cifar10 in the full one; stl10 is "
-                             "full only)")
+                             "full only); pixel-contrast trains on scenes, pcrl on lesions (their default)")
     parser.add_argument("--profile", choices=("quick", "full", "auto"), default=None,
                         help="default: $CLCOURSE_PROFILE, else auto (quick on a CPU, full on a GPU)")
     budget = parser.add_mutually_exclusive_group()
@@ -182,6 +184,8 @@ def add_train_command(subparsers) -> None:
     parser.add_argument("--lr", type=float, metavar="LR", help="learning rate")
     parser.add_argument("--seed", type=int, metavar="N", help="seed of weights, data order and views (default: 0)")
     parser.add_argument("--draws", type=int, metavar="N", help="label draws of the 1%% and 10%% probes")
+    parser.add_argument("--finetune-steps", type=int, metavar="N",
+                        help="steps of the fine-tuning that evaluates pcrl (default: the recipe's)")
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1, mps (default: the best available)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="output folder (default: runs/METHOD-DATASET-PROFILE)")
@@ -223,7 +227,7 @@ def run_train(args: argparse.Namespace) -> int:
         recipe = get_recipe(args.method, get_profile(args.profile, device).name, args.dataset).override(
             epochs=args.epochs, steps=args.steps, seconds=args.seconds, batch_size=args.batch_size,
             image_size=args.image_size, temperature=args.temperature, lr=args.lr, seed=args.seed,
-            probe_draws=args.draws)
+            probe_draws=args.draws, finetune_steps=args.finetune_steps)
         out = args.out or Path("runs") / f"{recipe.method}-{recipe.dataset}-{recipe.profile}"
         train_run(recipe, out, device, resume=args.resume, root=args.data_root, download=args.download)
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
@@ -241,7 +245,8 @@ def add_embed_command(subparsers) -> None:
         description="Encode images with the encoder of a run written by 'clcourse train --out RUN' and write "
                     "the representations h = f(x) with their labels: FILE.npy (+ FILE.labels.npy) or FILE.csv "
                     "(label,h0,h1,...). clcourse.viz.explore_embeddings(FILE) opens them in the embedding "
-                    "explorer.")
+                    "explorer. Runs of the dense methods (pixel-contrast, pcrl) are refused: they have no labelled "
+                    "image representation; their scores are in their metrics.json.")
     parser.add_argument("run", type=Path, metavar="RUN", help="a run folder (last.pt and metrics.json)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="FILE.npy or FILE.csv")
     parser.add_argument("--data", type=_dataset_name, metavar="NAME",

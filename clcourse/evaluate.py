@@ -1,5 +1,7 @@
-"""Evaluating representations: linear probe, kNN, alignment/uniformity, effective rank; and dense
-predictions: the confusion matrix, intersection over union and Dice of a segmentation.
+"""Evaluating representations: linear probe, kNN, alignment/uniformity, effective rank; dense
+predictions: the confusion matrix, intersection over union and Dice of a segmentation; and the
+protocols that score a trained run (:data:`PROTOCOLS`): image representations, a segmenter's
+argmax, a pre-trained U-Net after fine-tuning.
 
 Self-supervised encoders are judged by how easily a simple classifier reads
 the labels off their frozen features: a linear probe (logistic regression,
@@ -30,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clcourse.data.dense_data import IGNORE_INDEX
+from clcourse.data.dense_loader import DenseLoader
 from clcourse.losses import alignment, uniformity
-from clcourse.train import eval_mode
+from clcourse.train import eval_mode, fit
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -496,8 +499,9 @@ class Protocol:
             JSON-able dict (written to a run's ``metrics.json``).
         rows: ``rows(metrics) -> [(name, text), ...]``, the lines of the run's report.
 
-    Later lessons add their own: mIoU and Dice for segmentation, mAP for detection, episode
-    return for reinforcement learning, F1 for aspect detection.
+    ``"segmentation"`` and ``"finetune-segmentation"`` measure the dense methods (mIoU, Dice);
+    later lessons add their own: mAP for detection, episode return for reinforcement learning,
+    F1 for aspect detection.
     """
 
     run: Callable[..., dict]
@@ -509,4 +513,121 @@ def _method_representation(method: nn.Module, eval_train, eval_test, **options) 
     return evaluate_representation(method.encoder, eval_train, eval_test, **options)
 
 
-PROTOCOLS: dict[str, Protocol] = {"representation": Protocol(_method_representation, representation_rows)}
+# --------------------------------------------------------------------------- segmentation protocols of a run
+
+
+@torch.no_grad()
+def predict_segmentation(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """The most likely class of every pixel: images [N, C, H, W] -> int64 [N, H, W] on the CPU (eval mode).
+
+    Args:
+        model: maps [B, C, H, W] to logits [B, K, H, W], or to an output with ``.logits`` of that shape
+            (:class:`~clcourse.encoders.SmallSegmenter`'s ``SegmenterOutput``).
+        images: float [N, C, H, W] (half precision is computed in float32).
+        device: default: the model's.
+    """
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    parts = []
+    with eval_mode(model):
+        for i in range(0, len(images), batch_size):
+            output = model(images[i : i + batch_size].to(device).float())
+            logits = getattr(output, "logits", output)
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 4:
+                got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise ValueError(f"the model must give logits [B, K, H, W] (or an output with .logits), got {got}")
+            parts.append(logits.argmax(dim=1).cpu())
+    return torch.cat(parts)
+
+
+def evaluate_segmentation(model: nn.Module, data, *, batch_size: int = 256,
+                          device: torch.device | str | None = None) -> dict:
+    """Score a segmenter's argmax on a labelled set: mIoU [5], IoU and Dice per class, pixels pooled.
+
+    Args:
+        model: as :func:`predict_segmentation` takes it.
+        data: a :class:`~clcourse.data.DenseData` (images [N, C, H, W], masks int64 [N, H, W]);
+            mask pixels equal to :data:`IGNORE_INDEX` are not counted.
+
+    Returns:
+        ``{"mean_iou": float, "iou_per_class": {name: float | None}, "dice": {name: float},
+        "num_classes": K, "test_images": N}``: scores in [0, 1]; a class absent from both the
+        prediction and the masks has IoU None (left out of the mean); ``dice`` scores each class but
+        the background (:func:`dice`).
+    """
+    pred = predict_segmentation(model, data.images, batch_size, device)
+    names, k = data.class_names, data.num_classes
+    per_class = iou_per_class(pred, data.masks, k)
+    return {
+        "mean_iou": float(per_class.nanmean()),
+        "iou_per_class": {name: None if iou.isnan() else float(iou) for name, iou in zip(names, per_class)},
+        "dice": {names[c]: dice(pred, data.masks, foreground=c) for c in range(1, k)},
+        "num_classes": k,
+        "test_images": len(data),
+    }
+
+
+def segmentation_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The report lines of :func:`evaluate_segmentation`'s metrics."""
+    per_class = ", ".join(f"{name} {'-' if iou is None else f'{100 * iou:.1f}'}"
+                          for name, iou in metrics["iou_per_class"].items())
+    return [("mIoU", f"{100 * metrics['mean_iou']:.1f}% over {metrics['num_classes']} classes "
+                     f"({metrics['test_images']} test images)"),
+            ("IoU per class", per_class)]
+
+
+def _method_segmentation(method: nn.Module, eval_train, eval_test, *, device=None, batch_size: int = 256) -> dict:
+    """:func:`evaluate_segmentation` of a method's segmenter (``method.encoder``, e.g. pixel contrast's) on
+    ``eval_test``; ``eval_train`` is not needed (the segmenter trained on its labels)."""
+    return evaluate_segmentation(method.encoder, eval_test, batch_size=batch_size, device=device)
+
+
+def finetune_segmentation(method: nn.Module, labelled, test, *, steps: int, lr: float = 1e-3, batch_size: int = 32,
+                          class_weights: Sequence[float] | None = None, seed: int = 0,
+                          device: torch.device | str | None = None) -> dict:
+    """Fine-tune a pre-trained segmentation model on a few labelled masks, then score it on the test set.
+
+    ``method.segmentation_model(num_classes, class_weights)`` (:meth:`clcourse.methods.PCRL.segmentation_model`:
+    copies of the pre-trained U-Net halves and a new head) trains every weight with its own
+    ``training_step`` on ``(images, masks)`` batches of ``labelled`` (shuffled, not augmented) for
+    ``steps`` Adam steps with a cosine decay; ``method`` itself is left as it was. Deterministic given
+    ``seed``: the new head's weights come from torch's RNG seeded with it in a fork (the global RNG is left
+    untouched), the batches from a :class:`~clcourse.data.DenseLoader` seeded with it.
+
+    Args:
+        labelled, test: :class:`~clcourse.data.DenseData`, the fine-tuning set and the test set.
+        device: default: the method's.
+
+    Returns:
+        :func:`evaluate_segmentation`'s metrics of the fine-tuned model on ``test``, and ``"finetune"``:
+        ``{"steps", "labelled_images", "lr", "batch_size", "class_weights", "first_loss", "final_loss"}``.
+    """
+    if device is None:
+        device = next(method.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = method.segmentation_model(labelled.num_classes, class_weights)
+    loader = DenseLoader(labelled, None, batch_size=batch_size, seed=seed, device=device)
+    history = fit(model, loader, steps=steps, lr=lr, schedule="cosine", device=device, progress=False)
+    finetune = dict(steps=history.steps, labelled_images=len(labelled), lr=lr, batch_size=batch_size,
+                    class_weights=None if class_weights is None else [float(w) for w in class_weights],
+                    first_loss=history.step_loss[0], final_loss=history.step_loss[-1])
+    return {"finetune": finetune, **evaluate_segmentation(model, test, device=device)}
+
+
+def finetune_segmentation_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The report lines of :func:`finetune_segmentation`'s metrics: the fine-tuning, Dice, then mIoU and IoU."""
+    tuned = metrics["finetune"]
+    dice_text = ", ".join(f"{name} {100 * value:.1f}%" for name, value in metrics["dice"].items())
+    return [("fine-tuned", f"{tuned['steps']} steps on {tuned['labelled_images']} labelled images, loss "
+                           f"{tuned['first_loss']:.4f} -> {tuned['final_loss']:.4f}"),
+            ("Dice", dice_text), *segmentation_rows(metrics)]
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "representation": Protocol(_method_representation, representation_rows),
+    "segmentation": Protocol(_method_segmentation, segmentation_rows),
+    "finetune-segmentation": Protocol(finetune_segmentation, finetune_segmentation_rows),
+}

@@ -44,6 +44,23 @@ PCL          512    200     SGD lr 0.06, m 0.9, wd 5e-4             0.1    [MOCO
                                                                            warm-up epochs
 ===========  =====  ======  ======================================  =====  ================================
 
+The dense methods train on generated data with a class per pixel, and are scored by their segmentations:
+
+- ``pixel-contrast`` on ``scenes`` (:func:`~clcourse.data.make_scenes`, 7 classes): a
+  :class:`~clcourse.encoders.SmallSegmenter` trained with cross-entropy plus [PIXEL-CONTRAST]'s pixel
+  contrast on augmented ``(images, masks)`` batches; the ``"segmentation"`` protocol reads the mIoU and
+  the IoU of every class of its argmax on the test scenes.
+- ``pcrl`` on ``lesions`` (:func:`~clcourse.data.make_lesions`, scanner A): [PCRL] pre-trains a U-Net on
+  the *unlabelled* slices (their masks are dropped before the loader sees them; PCRL draws its two views
+  itself); the ``"finetune-segmentation"`` protocol fine-tunes
+  :meth:`~clcourse.methods.PCRL.segmentation_model` on a small labelled set for ``finetune_steps`` and
+  reads the lesion Dice and the mIoU on the test slices.
+
+Their data come from fixed generator seeds (0 training, 1 test, 2 PCRL's labelled fine-tuning set), so
+every recipe seed sees the same sets. Both train on one process only (:func:`build` says why). Their
+settings are provisional (the quick ones: a 600-step budget at batch 32 with Adam, the methods' own
+defaults otherwise) and their results not measured yet; ``benchmarks/README.md`` will hold the figures.
+
 References (``Recipe.sources`` names them by these keys):
 
 [SIMCLR] Chen et al., A Simple Framework for Contrastive Learning of Visual
@@ -71,6 +88,11 @@ References (``Recipe.sources`` names them by these keys):
     prototypes, alpha = 10, 20 warm-up epochs of 200; its README: ImageNet
     linear top-1 61.5% (PCL v1) and 67.6% (PCL v2), ResNet-50, 200 epochs;
     no CIFAR-10 result).
+[PIXEL-CONTRAST] Wang et al., Exploring Cross-Image Pixel Contrast for Semantic Segmentation, ICCV 2021
+    (t = 0.1, lambda = 0.1; :mod:`clcourse.methods.pixel_contrast` lists where the course differs).
+[PCRL] Zhou et al., Preservational Learning Improves Self-supervised Medical Image Models by
+    Reconstructing Diverse Contexts, ICCV 2021, and the authors' code github.com/Luchixiang/PCRL
+    (t = 0.2; :mod:`clcourse.methods.pcrl` lists where the course differs).
 """
 
 from __future__ import annotations
@@ -86,10 +108,15 @@ from torch import nn
 from clcourse.device import get_profile, seed_everything
 from clcourse.train import Budget
 
-METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl")
-DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
+IMAGE_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl")
+DENSE_METHODS = ("pixel-contrast", "pcrl")
+METHODS = IMAGE_METHODS + DENSE_METHODS
+IMAGE_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
+DENSE_DATASETS = ("scenes", "lesions")
+DATASETS = IMAGE_DATASETS + DENSE_DATASETS
 PROFILES = ("quick", "full")
-DEFAULT_DATASET = {"quick": "digits", "full": "cifar10"}
+DEFAULT_DATASET = {"quick": "digits", "full": "cifar10"}  # of the image methods; a dense method has its own
+DENSE_DATASET = {"pixel-contrast": "scenes", "pcrl": "lesions"}  # the dataset each dense method trains on
 
 SOURCES = {
     "SIMCLR": "Chen et al., SimCLR, ICML 2020, appendix B.9 (CIFAR-10)",
@@ -102,7 +129,23 @@ SOURCES = {
     "PCL": "Li et al., Prototypical Contrastive Learning of Unsupervised Representations, ICLR 2021; "
     "github.com/salesforce/PCL",
     "DIGITS-BENCH": "benchmarks/bench_recipes.py and benchmarks/README.md of this course",
+    "PIXEL-CONTRAST": "Wang et al., Exploring Cross-Image Pixel Contrast for Semantic Segmentation, ICCV 2021",
+    "PCRL": "Zhou et al., Preservational Learning Improves Self-supervised Medical Image Models by Reconstructing "
+    "Diverse Contexts, ICCV 2021; github.com/Luchixiang/PCRL",
 }
+
+
+def check_method_and_dataset(method: str, dataset: str) -> None:
+    """Raise a ValueError unless ``method`` trains on ``dataset``: an image method on an image dataset, a
+    dense method on its own (:data:`DENSE_DATASET`)."""
+    if method in DENSE_DATASET and dataset != DENSE_DATASET[method]:
+        raise ValueError(f"{method} is a dense method: it trains on {DENSE_DATASET[method]} (images with a class "
+                         f"per pixel), not {dataset}; use --dataset {DENSE_DATASET[method]}")
+    if method not in DENSE_DATASET and dataset in DENSE_DATASETS:
+        users = " and ".join(m for m, d in DENSE_DATASET.items() if d == dataset)
+        raise ValueError(f"{dataset} is a segmentation dataset (a class per pixel), trained on by {users}; "
+                         f"{method} learns image representations: use one of "
+                         f"{', '.join(d for d in IMAGE_DATASETS if d != 'folder')} or folder:PATH")
 
 
 @dataclass(frozen=True)
@@ -112,25 +155,35 @@ class Recipe:
     Attributes:
         method: one of :data:`METHODS`.
         profile: ``"quick"`` or ``"full"``.
-        dataset: one of :data:`DATASETS`; ``"folder"`` reads ``data_path``.
+        dataset: one of :data:`DATASETS`; ``"folder"`` reads ``data_path``. The image methods train on
+            :data:`IMAGE_DATASETS`, a dense method on its :data:`DENSE_DATASET`.
         data_path: the folder of images of ``dataset="folder"`` (ImageFolder layout).
         image_size, in_channels: the images the encoder sees, [B, in_channels, S, S].
         train_size, test_size: keep the first N images of the training / test set
-            (``None``: all); the quick profile trims CIFAR-10 so that evaluation fits.
+            (``None``: all); the quick profile trims CIFAR-10 so that evaluation fits. The dense
+            datasets are generated, N images each: both are required there.
         encoder: ``"small_cnn"``, ``"resnet18_cifar"`` (3x3 stem, no max-pool [SIMCLR])
-            or ``"resnet18"`` (torchvision's 7x7 stride-2 stem, for 96 px images).
-        encoder_width, encoder_options: the SmallCNN's width and further arguments
-            (``pool_size``); ignored by the ResNets.
+            or ``"resnet18"`` (torchvision's 7x7 stride-2 stem, for 96 px images); for the dense
+            methods ``"small_segmenter"`` (:class:`~clcourse.encoders.SmallSegmenter`, pixel contrast)
+            or ``"unet"`` (:class:`~clcourse.unet.UNetEncoder`, PCRL).
+        encoder_width, encoder_options: the SmallCNN's and the SmallSegmenter's width, and further
+            arguments (the SmallCNN's ``pool_size``, the SmallSegmenter's ``embedding_dim``, the U-Net's
+            ``widths``); ignored by the ResNets.
         channels_last: store the weights channels-last (None: on CUDA only; see
             :func:`clcourse.train.fit`).
         projection_dim, hidden_dim, head_layers: the projection head (``hidden_dim``
-            None: the encoder's out_dim).
+            None: the encoder's out_dim); PCRL reads the first two (its head has 2 layers), pixel
+            contrast none (its head is the segmenter's).
         temperature: of the contrastive loss.
         method_options: further constructor arguments of the method (MoCo's
             ``queue_size``, ``momentum``, ``shuffle_bn_groups``; SupCon's ``variant``; NNCLR's
-            ``support_size``, ``prediction_hidden_dim``; PCL's ``num_clusters``, ``warmup_epochs``).
-        augment: ``"digits"`` or ``"simclr"``, the :class:`~clcourse.augment.BatchedAugment`
-            preset; ``augment_options`` override its knobs (e.g. ``blur_p=0``).
+            ``support_size``, ``prediction_hidden_dim``; PCL's ``num_clusters``, ``warmup_epochs``;
+            PixelContrast's ``contrast_weight``, ``anchors_per_class``, memory sizes...; PCRL's MoCo
+            options and its switches).
+        augment: ``"digits"``, ``"simclr"`` or ``"pcrl"``, the :class:`~clcourse.augment.BatchedAugment`
+            preset (``"pcrl"``: :func:`~clcourse.methods.pcrl.pcrl_augment`, which PCRL applies itself);
+            ``augment_options`` override its knobs (e.g. ``blur_p=0``). Pixel contrast's loader
+            moves the masks with the images.
         small_views, small_size, small_augment_options: multi-crop (SwAV): ``small_views`` crops of
             ``small_size`` px after the two views, the same preset with these options on top.
         batch_size: images per optimiser step, over all processes.
@@ -140,10 +193,16 @@ class Recipe:
             when :meth:`override` changes the batch size (the linear scaling rule
             of [SIMCLR] and [LIGHTLY]); ``"none"`` keeps it.
         weight_decay, schedule (``"constant"`` | ``"cosine"``), warmup (fraction of the budget).
-        evaluation: the protocol of :data:`clcourse.evaluate.PROTOCOLS` that measures the run.
+        evaluation: the protocol of :data:`clcourse.evaluate.PROTOCOLS` that measures the run:
+            ``"representation"`` (image methods), ``"segmentation"`` (pixel contrast) or
+            ``"finetune-segmentation"`` (PCRL).
         knn_k, knn_temperature: the kNN evaluation (k = 200, t = 0.1 in [LIGHTLY]
             and [MOCO-DEMO]; k = 20, t = 0.07 in the lessons).
         probe_draws: label draws averaged by the 1% and 10% linear probes.
+        finetune_size, finetune_steps, finetune_lr, finetune_batch_size, finetune_class_weights: the
+            ``"finetune-segmentation"`` protocol: labelled images it fine-tunes on, Adam steps (cosine
+            decay), learning rate, batch, and the cross-entropy's class weights (None: all 1; see
+            :class:`~clcourse.unet.UNet`). The first two are required by that protocol.
         seed: seeds the weights, the data order and the augmentations.
         expected: what a learner should see, with "about" and the source.
         sources: keys of :data:`SOURCES` behind the settings and the expectation.
@@ -187,6 +246,11 @@ class Recipe:
     knn_k: int = 20
     knn_temperature: float = 0.07
     probe_draws: int = 5
+    finetune_size: int | None = None
+    finetune_steps: int | None = None
+    finetune_lr: float = 1e-3
+    finetune_batch_size: int = 32
+    finetune_class_weights: tuple[float, ...] | None = None
     seed: int = 0
     expected: str = ""
     sources: tuple[str, ...] = ()
@@ -197,6 +261,7 @@ class Recipe:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        check_method_and_dataset(self.method, self.dataset)
         if (self.dataset == "folder") != (self.data_path is not None):
             raise ValueError("dataset 'folder' needs a data_path (and only it): --dataset folder:PATH")
         Budget.of(self.epochs, self.steps, self.seconds)  # raises unless exactly one budget is set, > 0
@@ -214,6 +279,18 @@ class Recipe:
                 self.small_size):
             raise ValueError(f"small_views must be an int >= 0, with a small_size exactly when > 0; got "
                              f"small_views={self.small_views!r}, small_size={self.small_size!r}")
+        required = {}
+        if self.dataset in DENSE_DATASETS:  # generated: the sizes say how many images to draw
+            required.update(train_size=self.train_size, test_size=self.test_size)
+        if self.evaluation == "finetune-segmentation":
+            required.update(finetune_size=self.finetune_size, finetune_steps=self.finetune_steps,
+                            finetune_batch_size=self.finetune_batch_size)
+        for name, value in required.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int for {self.dataset} / {self.evaluation}, "
+                                 f"got {value!r}")
+        if self.finetune_lr <= 0:
+            raise ValueError(f"finetune_lr must be > 0, got {self.finetune_lr}")
 
     @property
     def budget(self) -> Budget:
@@ -237,8 +314,19 @@ class Recipe:
             changes["lr"] = self.lr * changes["batch_size"] / self.batch_size
         return dataclasses.replace(self, **changes)
 
+    @property
+    def views_per_image(self) -> int:
+        """Views the method encodes per training image, for the throughput: 1 for pixel contrast (the
+        augmented image itself), 2 for the others (SwAV's small crops are not counted)."""
+        return 1 if self.method == "pixel-contrast" else 2
+
     def evaluation_options(self) -> dict[str, Any]:
         """Keyword arguments of the recipe's evaluation protocol."""
+        if self.evaluation == "segmentation":
+            return {}
+        if self.evaluation == "finetune-segmentation":
+            return dict(steps=self.finetune_steps, lr=self.finetune_lr, batch_size=self.finetune_batch_size,
+                        class_weights=self.finetune_class_weights, seed=self.seed)
         return dict(knn_k=self.knn_k, knn_temperature=self.knn_temperature, draws=self.probe_draws)
 
     def as_dict(self) -> dict[str, Any]:
@@ -267,6 +355,9 @@ class Recipe:
             f"{self.image_size}x{self.image_size}, batch {self.batch_size}, {self.budget}",
             f"        {opt}; temperature {self.temperature:g}{options}",
         ]
+        if self.evaluation == "finetune-segmentation":
+            lines.append(f"eval    fine-tune {self.finetune_steps} steps on {self.finetune_size} labelled images, "
+                         f"batch {self.finetune_batch_size}, Adam lr {self.finetune_lr:g}, cosine")
         if self.expected:
             lines.append(f"expect  {self.expected}")
         return "\n".join(lines)
@@ -513,6 +604,70 @@ def _large_image_recipe(method: str, dataset: str, data_path: str | None) -> Rec
     )
 
 
+_NOT_MEASURED = ("not measured yet (the figure will come from training this recipe in benchmarks/, recorded in "
+                 "benchmarks/README.md)")
+_MEASURED_QUICK = "(benchmarks/bench_dense_recipes.py, seeds 0-2, recorded in benchmarks/README.md)"
+
+
+def _pixel_contrast_recipe(profile: str) -> Recipe:
+    """Pixel contrast on the scenes: a SmallSegmenter, Adam + cosine, a step budget, PixelContrast's defaults."""
+    quick = profile == "quick"
+    test_size = 500 if quick else 2000
+    return Recipe(
+        method="pixel-contrast", profile=profile, dataset="scenes", in_channels=3, encoder="small_segmenter",
+        image_size=32 if quick else 64, train_size=2000 if quick else 20000, test_size=test_size,
+        encoder_width=32 if quick else 64, batch_size=32 if quick else 128, steps=600 if quick else 10000,
+        optimizer="adam", lr=2e-3, weight_decay=1e-4, schedule="cosine", temperature=0.1,
+        method_options=dict(warmup_steps=300 if quick else 5000),
+        augment="simclr", augment_options=dict(crop_scale=(0.5, 1.0), blur_p=0.0), evaluation="segmentation",
+        expected=(f"mIoU of the argmax over the 7 classes of the {test_size} test scenes: about 84% (83.9 +- 0.7%; "
+                  f"cross-entropy alone 83.4 +- 0.7%) {_MEASURED_QUICK}" if quick else
+                  f"mIoU of the argmax over the 7 classes of the {test_size} test scenes: {_NOT_MEASURED}."),
+        sources=("PIXEL-CONTRAST",),
+        notes="PixelContrast's defaults (t 0.1 and lambda 0.1 as [PIXEL-CONTRAST]; 32 anchors per class, half of "
+              "them hard; a pixel memory of 512 and a region memory of 128 per class) after a warm-up of cross-entropy "
+              "alone for half the steps (from scratch, the term from the first step cost seed 0 3.9 points of mIoU in "
+              "lesson 12; [PIXEL-CONTRAST]'s code waits 5,000 of 40,000 iterations). Crops of 50-100% of the area, "
+              "flips, colour jitter and grayscale; no blur, which "
+              "would smear the object boundaries the masks draw. "
+              + ("" if quick else "The full profile is our extrapolation for one GPU (64 px scenes, a SmallSegmenter "
+                                  "of width 64, batch 128), unmeasured."),
+    )
+
+
+def _pcrl_recipe(profile: str) -> Recipe:
+    """PCRL on the lesions: pre-training on unlabelled slices, then fine-tuning on a few labelled ones."""
+    quick = profile == "quick"
+    test_size = 500 if quick else 2000
+    return Recipe(
+        method="pcrl", profile=profile, dataset="lesions", in_channels=1, encoder="unet", image_size=64,
+        encoder_options=dict(widths=(8, 16, 32, 64) if quick else (16, 32, 64, 128)),
+        train_size=2000 if quick else 20000, test_size=test_size,
+        batch_size=32 if quick else 128, steps=600 if quick else 10000,
+        optimizer="adam", lr=1e-3, schedule="cosine", temperature=0.2, augment="pcrl",
+        method_options={} if quick else dict(queue_size=4096),
+        evaluation="finetune-segmentation", finetune_size=200, finetune_steps=300, finetune_lr=1e-3,
+        finetune_batch_size=32, finetune_class_weights=(1.0, 10.0),
+        expected=(f"lesion Dice on the {test_size} test slices (scanner A) after fine-tuning on the 200 labelled "
+                  f"ones: about 42% (42.0 +- 1.9%), below the same fine-tuning from scratch (45.4 +- 3.1%): no gain "
+                  f"from pre-training at this budget yet {_MEASURED_QUICK}" if quick else
+                  f"lesion Dice on the {test_size} test slices (scanner A) after fine-tuning on the 200 labelled "
+                  f"ones: {_NOT_MEASURED}."),
+        sources=("PCRL",),
+        notes="Settings not tuned (a search of sizes, widths, label counts and learning rates within a lesson's "
+              "budget found no setting where pre-training clearly beat scratch): PCRL's defaults (t 0.2 as [PCRL]'s code, queue "
+              f"{1024 if quick else 4096}, m 0.99, 2 shuffle-BN groups, the three paths on) and its own views "
+              "(pcrl_augment). The pre-training sees the slices without their masks; the evaluation fine-tunes "
+              "the pre-trained U-Net on 200 other, labelled slices (cross-entropy weighted 1 : 10 for the lesions, "
+              "under 1% of the pixels; no augmentation). "
+              + ("" if quick else "The full profile is our extrapolation for one GPU (20,000 slices, U-Net widths "
+                                  "16-128, batch 128), unmeasured."),
+    )
+
+
+_DENSE_RECIPES = {"pixel-contrast": _pixel_contrast_recipe, "pcrl": _pcrl_recipe}
+
+
 def get_recipe(method: str, profile: str | None = None, dataset: str | None = None) -> Recipe:
     """The recipe for ``method`` on ``dataset`` in ``profile``.
 
@@ -521,18 +676,20 @@ def get_recipe(method: str, profile: str | None = None, dataset: str | None = No
         profile: ``"quick"``, ``"full"``, ``"auto"`` or None (``$CLCOURSE_PROFILE``,
             default auto: quick on a CPU, full on a GPU).
         dataset: ``"digits"``, ``"shapes"``, ``"cifar10"``, ``"stl10"`` or ``"folder:PATH"``
-            (a folder of your images, ImageFolder layout); None = digits in the quick
-            profile, cifar10 in the full one.
+            (a folder of your images, ImageFolder layout) for the image methods, ``"scenes"`` for
+            pixel contrast, ``"lesions"`` for PCRL; None = the dense method's dataset, else digits
+            in the quick profile and cifar10 in the full one.
 
     Raises:
-        ValueError: an unknown name, or stl10 in the quick profile.
+        ValueError: an unknown name, a method on a dataset it does not train on, or stl10 in the
+            quick profile.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     profile = get_profile(profile).name if profile in (None, "auto") else profile
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} or 'auto', got {profile!r}")
-    dataset = DEFAULT_DATASET[profile] if dataset is None else dataset
+    dataset = DENSE_DATASET.get(method, DEFAULT_DATASET[profile]) if dataset is None else dataset
     dataset, _, data_path = dataset.partition(":")
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS} (folder as folder:PATH), got {dataset!r}")
@@ -540,6 +697,9 @@ def get_recipe(method: str, profile: str | None = None, dataset: str | None = No
         raise ValueError("give your images as folder:PATH, e.g. --dataset folder:~/pictures "
                          "(one sub-folder per class)" if dataset == "folder"
                          else f"only the folder dataset takes a path, got {dataset}:{data_path}")
+    check_method_and_dataset(method, dataset)
+    if method in DENSE_METHODS:
+        return _DENSE_RECIPES[method](profile)
     if profile == "full" and dataset == "cifar10":
         return _cifar_recipe(method)
     if profile == "full" and dataset in ("stl10", "folder"):
@@ -566,8 +726,44 @@ def _stl10_images(dataset):
     return ImageData(pixels, torch.as_tensor(dataset.labels, dtype=torch.long))
 
 
+def _class_names(dataset: str) -> tuple[str, ...]:
+    """The mask classes of a dense dataset, the background first."""
+    from clcourse.data.lesions import LESION_CLASSES
+    from clcourse.data.scenes import SCENE_CLASSES
+
+    return {"scenes": SCENE_CLASSES, "lesions": LESION_CLASSES}[dataset]
+
+
+def _without_labels(dense):
+    """The images of a `DenseData` with no label left: every mask pixel IGNORE_INDEX, no boxes."""
+    from clcourse.data import IGNORE_INDEX, DenseData
+
+    n = len(dense)
+    return DenseData(dense.images, torch.full_like(dense.masks, IGNORE_INDEX), [torch.zeros(0, 4)] * n,
+                     [torch.zeros(0, dtype=torch.long)] * n, dense.class_names)
+
+
+def _dense_datasets(recipe: Recipe):
+    """``(train_for_training, eval_train, eval_test)`` DenseData of scenes or lesions, drawn from fixed seeds
+    (0 training, 1 test, 2 the labelled fine-tuning set), the same for every recipe seed.
+
+    Scenes: the training set serves both training and evaluation. Lesions (scanner A): the training set
+    without its labels (PCRL pre-trains on the images alone), the labelled fine-tuning set, the test set.
+    """
+    from clcourse import data
+
+    size = recipe.image_size
+    if recipe.dataset == "scenes":
+        train = data.make_scenes(recipe.train_size, size, seed=0)
+        return train, train, data.make_scenes(recipe.test_size, size, seed=1)
+    unlabelled = _without_labels(data.make_lesions(recipe.train_size, size, seed=0, scanner="A"))
+    labelled = data.make_lesions(recipe.finetune_size, size, seed=2, scanner="A")
+    return unlabelled, labelled, data.make_lesions(recipe.test_size, size, seed=1, scanner="A")
+
+
 def load_datasets(recipe: Recipe, *, root: str | Path | None = None, download: bool = False):
-    """``(train_for_training, eval_train, eval_test)`` ImageData of the recipe's dataset.
+    """``(train_for_training, eval_train, eval_test)`` of the recipe's dataset: ImageData, or DenseData for
+    the dense datasets (see :func:`_dense_datasets`).
 
     The training set of SimCLR and MoCo on STL-10 is ``train+unlabeled``;
     otherwise it is the evaluation's training set.
@@ -578,6 +774,8 @@ def load_datasets(recipe: Recipe, *, root: str | Path | None = None, download: b
     """
     from clcourse import data
 
+    if recipe.dataset in DENSE_DATASETS:
+        return _dense_datasets(recipe)
     if recipe.dataset == "digits":
         train = data.load_digits(recipe.image_size, split="train")
         test = data.load_digits(recipe.image_size, split="test")
@@ -602,43 +800,92 @@ def load_datasets(recipe: Recipe, *, root: str | Path | None = None, download: b
 
 
 def build_encoder(recipe: Recipe) -> nn.Module:
-    """The recipe's encoder: [B, in_channels, S, S] -> [B, out_dim]."""
-    from clcourse.encoders import ResNet18, SmallCNN
+    """The recipe's encoder, for images [B, in_channels, S, S].
 
-    if recipe.encoder == "small_cnn":
-        return SmallCNN(recipe.in_channels, width=recipe.encoder_width, **{"out_dim": 128, **recipe.encoder_options})
-    if recipe.encoder == "resnet18_cifar":
-        return ResNet18(recipe.in_channels, stem="cifar")
-    if recipe.encoder == "resnet18":
-        return ResNet18(recipe.in_channels, stem="imagenet")
-    raise ValueError(f"encoder must be 'small_cnn', 'resnet18_cifar' or 'resnet18', got {recipe.encoder!r}")
+    The image methods' (``small_cnn``, ``resnet18_cifar``, ``resnet18``) give [B, out_dim];
+    ``small_segmenter`` gives logits [B, K, S, S] and pixel embeddings (K the dataset's classes);
+    ``unet`` is PCRL's U-Net encoder (its feature maps, pooled bottleneck [B, out_dim]).
+    """
+    from clcourse.encoders import ResNet18, SmallCNN, SmallSegmenter
+    from clcourse.unet import UNetEncoder
+
+    builders = {
+        "small_cnn": lambda: SmallCNN(recipe.in_channels, width=recipe.encoder_width,
+                                      **{"out_dim": 128, **recipe.encoder_options}),
+        "resnet18_cifar": lambda: ResNet18(recipe.in_channels, stem="cifar"),
+        "resnet18": lambda: ResNet18(recipe.in_channels, stem="imagenet"),
+        "small_segmenter": lambda: SmallSegmenter(recipe.in_channels, len(_class_names(recipe.dataset)),
+                                                  width=recipe.encoder_width, **recipe.encoder_options),
+        "unet": lambda: UNetEncoder(recipe.in_channels, **recipe.encoder_options),
+    }
+    if recipe.encoder not in builders:
+        raise ValueError(f"encoder must be one of {tuple(builders)}, got {recipe.encoder!r}")
+    return builders[recipe.encoder]()
 
 
 def method_class(name: str) -> type[nn.Module]:
     """The :class:`~clcourse.methods.Method` subclass that trains under ``name`` (one of :data:`METHODS`)."""
-    from clcourse.methods import NNCLR, PCL, MoCo, SimCLR, SupCon, SwAV
+    from clcourse.methods import (
+        NNCLR,
+        PCL,
+        PCRL,
+        MoCo,
+        PixelContrast,
+        SimCLR,
+        SupCon,
+        SwAV,
+    )
 
-    classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon, "swav": SwAV, "nnclr": NNCLR, "pcl": PCL}
+    classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon, "swav": SwAV, "nnclr": NNCLR, "pcl": PCL,
+               "pixel-contrast": PixelContrast, "pcrl": PCRL}
     if name not in classes:
         raise ValueError(f"method must be one of {METHODS}, got {name!r}")
     return classes[name]
 
 
+def _image_method(recipe: Recipe, encoder: nn.Module, gather_distributed: bool) -> nn.Module:
+    return method_class(recipe.method)(encoder, projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim,
+                                       head_layers=recipe.head_layers, temperature=recipe.temperature,
+                                       gather_distributed=gather_distributed, **recipe.method_options)
+
+
+def _pixel_contrast(recipe: Recipe, segmenter: nn.Module, gather_distributed: bool) -> nn.Module:
+    from clcourse.methods import PixelContrast
+
+    return PixelContrast(segmenter, segmenter.num_classes, temperature=recipe.temperature,
+                         gather_distributed=gather_distributed, **recipe.method_options)
+
+
+def _pcrl(recipe: Recipe, encoder: nn.Module, gather_distributed: bool) -> nn.Module:
+    from clcourse.methods import PCRL
+
+    return PCRL(encoder, projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim,
+                temperature=recipe.temperature, augment=build_augment(recipe),
+                gather_distributed=gather_distributed, **recipe.method_options)
+
+
+_METHOD_BUILDERS = {"pixel-contrast": _pixel_contrast, "pcrl": _pcrl}  # the others: _image_method
+
+
 def build_method(recipe: Recipe, *, gather_distributed: bool = False) -> nn.Module:
     """The recipe's method module (fresh weights from the global RNG; :func:`build` seeds it first).
 
-    ``gather_distributed``: the method draws negatives from every process (for data-parallel runs).
+    ``gather_distributed``: the method draws negatives from every process (for data-parallel runs);
+    pixel contrast refuses it.
     """
-    return method_class(recipe.method)(build_encoder(recipe), projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim,
-               head_layers=recipe.head_layers, temperature=recipe.temperature,
-               gather_distributed=gather_distributed, **recipe.method_options)
+    build_one = _METHOD_BUILDERS.get(recipe.method, _image_method)
+    return build_one(recipe, build_encoder(recipe), gather_distributed)
 
 
 def build_augment(recipe: Recipe, small: bool = False):
     """The recipe's batched augmentation (:class:`~clcourse.augment.BatchedAugment`); ``small``: its small crops."""
     from clcourse.augment import BatchedAugment
+    from clcourse.methods.pcrl import pcrl_augment
 
-    preset = {"digits": BatchedAugment.digits, "simclr": BatchedAugment.simclr}[recipe.augment]
+    presets = {"digits": BatchedAugment.digits, "simclr": BatchedAugment.simclr, "pcrl": pcrl_augment}
+    if recipe.augment not in presets:
+        raise ValueError(f"augment must be one of {tuple(presets)}, got {recipe.augment!r}")
+    preset = presets[recipe.augment]
     if small:
         return preset(recipe.small_size, **{**recipe.augment_options, **recipe.small_augment_options})
     return preset(recipe.image_size, **recipe.augment_options)
@@ -664,16 +911,27 @@ def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str
         the method (on ``device``), a loader of ``(views, labels)`` batches
         ([B, C, S, S] views on ``device``; PCL's carry image indices in place of the
         labels, see :meth:`clcourse.methods.PCL.attach_dataset`), and the labelled evaluation sets
-        (:class:`~clcourse.data.ImageData` on the CPU).
+        (:class:`~clcourse.data.ImageData` on the CPU). The dense methods' loader is a
+        :class:`~clcourse.data.DenseLoader` of ``(images [B, C, S, S], masks int64 [B, S, S])``:
+        augmented with their masks for pixel contrast; for PCRL the unlabelled images as they are
+        (masks all IGNORE_INDEX), as PCRL draws its two views itself; their evaluation sets are
+        :class:`~clcourse.data.DenseData` (:func:`load_datasets`).
 
     Raises:
         clcourse.data.DatasetNotFoundError: CIFAR-10 / STL-10 missing.
-        ValueError: a batch size the data or the processes cannot share.
+        ValueError: a batch size the data or the processes cannot share; a dense method on
+            several processes.
     """
     from clcourse.data import ShardedAugment, ShardedLoader, ViewLoader, shard_rows
     from clcourse.device import get_device
 
     device = get_device() if device is None else torch.device(device)
+    if recipe.method in DENSE_METHODS:
+        if world_size > 1:
+            raise ValueError(f"{recipe.method} trains on one process only: pixel contrast's anchors and pixel "
+                             "memories, and the views PCRL draws inside the method, would each be a process's own "
+                             "rather than the global batch's; run it without torchrun")
+        return _build_dense(recipe, device)
     rows = shard_rows(recipe.batch_size, rank, world_size) if world_size > 1 else None
     seed_everything(recipe.seed)
     train, eval_train, eval_test = load_datasets(recipe, root=root, download=download)
@@ -689,6 +947,19 @@ def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str
                         small_augment=augments[-1] if recipe.small_views else None, n_small_views=recipe.small_views)
     if rows is not None:
         loader = ShardedLoader(loader, rows)
+    return method, loader, eval_train, eval_test
+
+
+def _build_dense(recipe: Recipe, device: torch.device):
+    """:func:`build` of a dense method, on one process."""
+    from clcourse.data import DenseLoader
+
+    seed_everything(recipe.seed)
+    train, eval_train, eval_test = load_datasets(recipe)
+    method = build_method(recipe).to(device)
+    # PCRL augments inside the method (it must know each view's flips and turns): its loader passes the images on.
+    augment = None if recipe.method == "pcrl" else build_augment(recipe)
+    loader = DenseLoader(train, augment, batch_size=recipe.batch_size, seed=recipe.seed, device=device)
     return method, loader, eval_train, eval_test
 
 

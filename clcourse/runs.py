@@ -24,7 +24,16 @@ import torch
 from clcourse import distributed
 from clcourse.device import describe_device
 from clcourse.evaluate import PROTOCOLS, extract_features
-from clcourse.recipes import Recipe, build, build_method, build_optimizer, fit_options, load_datasets
+from clcourse.recipes import (
+    DENSE_METHODS,
+    IMAGE_METHODS,
+    Recipe,
+    build,
+    build_method,
+    build_optimizer,
+    fit_options,
+    load_datasets,
+)
 from clcourse.train import CHECKPOINT_NAME, fit, load_checkpoint
 
 __all__ = ["train_run", "report", "embed_run", "load_embeddings", "images_per_second"]
@@ -77,7 +86,8 @@ def train_run(recipe: Recipe, out: Path, device: torch.device, *, resume: bool =
     metrics = dict(
         method=recipe.method, dataset=recipe.dataset, profile=recipe.profile,
         device=describe_device(device), world_size=world, steps=history.steps, epochs=history.epochs,
-        train_seconds=train_seconds, images_per_second=images_per_second(recipe, history.steps, train_seconds),
+        train_seconds=train_seconds,
+        images_per_second=images_per_second(recipe, history.steps, train_seconds, recipe.views_per_image),
         first_loss=history.step_loss[0] if history.steps else float("nan"),
         final_loss=history.step_loss[-1] if history.steps else float("nan"),
         **protocol.run(method, eval_train, eval_test, device=device, **recipe.evaluation_options()),
@@ -149,7 +159,10 @@ def embed_run(run: Path, out: Path, *, dataset: str | None = None, split: str = 
         the paths written.
 
     Raises:
-        FileNotFoundError: no run at ``run``; ValueError: a bad format, split or dataset.
+        FileNotFoundError: no run at ``run``; ValueError: a bad format, split or dataset, or a run of a
+            dense method (pixel contrast, PCRL): they learn per-pixel predictions on data with masks, not
+            image labels, so there is no labelled image representation to export; their scores are in
+            the run's ``metrics.json``.
     """
     run, out = Path(run), Path(out)
     if out.suffix not in EMBEDDING_FORMATS:
@@ -161,6 +174,10 @@ def embed_run(run: Path, out: Path, *, dataset: str | None = None, split: str = 
         raise FileNotFoundError(f"no trained run in {run}: expected {CHECKPOINT_NAME} and metrics.json "
                                 "(written by clcourse train --out DIR)")
     recipe = Recipe.from_dict(json.loads(metrics_file.read_text())["config"])
+    if recipe.method in DENSE_METHODS:
+        raise ValueError(f"{run} is a {recipe.method} run, a dense method: clcourse embed exports the image "
+                         f"representations of {', '.join(IMAGE_METHODS)} with their labels; a dense run's "
+                         f"segmentation scores are in {metrics_file}")
     if dataset is not None:
         name, _, path = dataset.partition(":")
         recipe = recipe.override(dataset=name, data_path=path or None, train_size=None, test_size=None)

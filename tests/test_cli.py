@@ -69,6 +69,32 @@ def test_train_moco_supcon_nnclr_and_pcl(tmp_path, method):
     assert (out / "last.pt").is_file()
 
 
+@pytest.mark.parametrize("method", ["pixel-contrast", "pcrl"])
+def test_train_the_dense_methods_on_their_own_data(tmp_path, capsys, method):
+    """Quick profile with a 2-step budget (and 2 fine-tuning steps for pcrl): data, training, evaluation, files."""
+    out = tmp_path / method
+    options = ["--profile", "quick", "--steps", "2", "--batch-size", "16", "--device", "cpu", "--out", str(out)]
+    assert cli.main(["train", method, *options, *(["--finetune-steps", "2"] if method == "pcrl" else [])]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["test_images"], metrics["config"]["batch_size"]) == (2, 500, 16)
+    printed = capsys.readouterr().out
+    if method == "pixel-contrast":
+        assert metrics["dataset"] == "scenes" and metrics["num_classes"] == 7 and "mIoU" in printed
+    else:
+        assert metrics["dataset"] == "lesions" and metrics["config"]["finetune_steps"] == 2
+        assert metrics["finetune"]["steps"] == 2 and metrics["finetune"]["labelled_images"] == 200
+        assert "Dice           lesion" in printed
+    assert cli.main(["embed", str(out), "--out", str(tmp_path / "h.npy")]) == 2
+    assert "a dense method" in capsys.readouterr().err
+
+
+def test_a_method_on_a_dataset_of_the_other_kind_exits_2_with_a_message(capsys):
+    assert cli.main(["train", "pixel-contrast", "--dataset", "digits", "--profile", "quick", "--device", "cpu"]) == 2
+    assert "use --dataset scenes" in capsys.readouterr().err
+    assert cli.main(["train", "simclr", "--dataset", "lesions", "--profile", "quick", "--device", "cpu"]) == 2
+    assert "lesions is a segmentation dataset" in capsys.readouterr().err
+
+
 def test_missing_cifar10_is_a_clear_error_with_exit_status_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CLCOURSE_DATA", str(tmp_path / "empty"))
     status = cli.main(["train", "simclr", "--dataset", "cifar10", "--profile", "quick", "--steps", "1",

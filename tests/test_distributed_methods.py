@@ -1,10 +1,17 @@
-"""Every method of the recipes, trained on 2 processes, equals one process on the concatenated batch.
+"""Every image method of the recipes, trained on 2 processes, equals one process on the concatenated batch.
 
 The contract behind ``gather_distributed``: with it, the losses and the parameters of a run on
 W processes (DistributedDataParallel, gloo) follow the single-process run on the global batch
 step for step; without it each process contrasts its own share only, and the run differs. A new
-method in :data:`clcourse.recipes.METHODS` is tested here automatically: one that ignores the
+method in :data:`clcourse.recipes.IMAGE_METHODS` is tested here automatically: one that ignores the
 option (trains on local negatives) fails.
+
+The dense methods (:data:`clcourse.recipes.DENSE_METHODS`) are left out, and ``clcourse.recipes.build``
+refuses them on several processes (tests/test_recipes.py): pixel contrast cannot gather at all (its
+anchors and pixel memories are each process's own; it raises on ``gather_distributed=True``), and
+PCRL, though it gathers its keys with MoCo's code (tested here as ``moco``), draws its two views and
+their flips and turns inside the method from each process's own share, and its U-Net normalises with
+batch norm: no run on 2 processes can equal one process on the global batch.
 
 The encoder and head have no batch norm, so the per-process statistics of data-parallel training
 play no part and the comparison can be exact. State across steps is gathered too: MoCo's queue and
@@ -26,7 +33,7 @@ from torch import nn
 
 from clcourse.distributed import DistributedMethod
 from clcourse.methods import PCL, Triplet
-from clcourse.recipes import METHODS, get_recipe, method_class
+from clcourse.recipes import IMAGE_METHODS, get_recipe, method_class
 from gloo import run_on_processes
 
 WORLD, BATCH, STEPS = 2, 16, 3
@@ -99,7 +106,7 @@ def _worker(rank):
     share = BATCH // WORLD
     rows = slice(rank * share, (rank + 1) * share)
     results = {}
-    for name in METHODS:
+    for name in IMAGE_METHODS:
         for gather in (True, False):
             method = make_method(name, gather)
             trainee = DistributedMethod(method, "cpu", local_negatives=not gather)
@@ -119,7 +126,7 @@ def two_processes(tmp_path_factory):
     return run_on_processes(_worker, WORLD, tmp_path_factory.mktemp("methods"), timeout=300)
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", IMAGE_METHODS)
 def test_gathered_training_equals_one_process_on_the_global_batch(two_processes, name):
     reference = one_process_run(name)
     for results in two_processes:
@@ -128,7 +135,7 @@ def test_gathered_training_equals_one_process_on_the_global_batch(two_processes,
         torch.testing.assert_close(run["weights"], reference["weights"], atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", IMAGE_METHODS)
 def test_local_negatives_train_differently(two_processes, name):
     """Discriminates: a method that ignored gather_distributed would train like this, and fail above."""
     reference = one_process_run(name)

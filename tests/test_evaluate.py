@@ -8,10 +8,13 @@ from clcourse.evaluate import (
     class_compactness,
     effective_rank,
     evaluate_representation,
+    evaluate_segmentation,
     extract_features,
+    finetune_segmentation,
     knn_accuracy,
     linear_probe,
     sample_labelled,
+    segmentation_rows,
 )
 
 
@@ -204,3 +207,114 @@ def test_dense_data_checks_and_subsets():
         DenseData(images, masks.int(), boxes, labels, ("background", "lesion"))
     with pytest.raises(ValueError, match="one entry per image"):
         DenseData(images, masks, boxes[:2], labels, ("background", "lesion"))
+
+
+# --------------------------------------------------------------------------- segmentation protocols
+
+
+class Oracle(torch.nn.Module):
+    """A perfect segmenter of images that carry their class in their pixel value: logits -scale (x - k)^2.
+
+    Returns a ``SegmenterOutput`` (logits, embeddings) with ``named``, bare logits otherwise; trains by
+    cross-entropy (a larger scale only sharpens the same argmax).
+    """
+
+    def __init__(self, num_classes, named=False):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(4.0))
+        self.num_classes, self.named = num_classes, named
+
+    def forward(self, x):
+        from clcourse.encoders import SegmenterOutput
+
+        logits = -self.scale * (x - torch.arange(self.num_classes).view(1, -1, 1, 1)) ** 2
+        return SegmenterOutput(logits, x) if self.named else logits
+
+    def training_step(self, batch):
+        images, masks = batch
+        return torch.nn.functional.cross_entropy(self(images), masks, ignore_index=255)
+
+
+def dense_set(num_classes, names, n=6, size=8, seed=0):
+    """Images that equal their masks (as floats), so that Oracle segments them perfectly; one pixel ignored."""
+    from clcourse.data import IGNORE_INDEX, DenseData
+
+    masks = torch.randint(0, num_classes, (n, size, size), generator=torch.Generator().manual_seed(seed))
+    images = masks.unsqueeze(1).float()
+    masks[0, 0, 0] = IGNORE_INDEX  # counted by no score (Oracle predicts class 0 there)
+    empty = [torch.zeros(0, 4)] * n
+    return DenseData(images, masks, empty, [torch.zeros(0, dtype=torch.long)] * n, names)
+
+
+def test_the_segmentation_protocol_scores_a_perfect_segmenter_1_and_an_all_background_one_by_its_iou():
+    data = dense_set(3, ("background", "disc", "cross"))
+    method = torch.nn.Module()
+    method.encoder = Oracle(3, named=True)
+    protocol = PROTOCOLS["segmentation"]
+    metrics = protocol.run(method, None, data, device="cpu")
+    assert metrics == {"mean_iou": 1.0, "iou_per_class": {"background": 1.0, "disc": 1.0, "cross": 1.0},
+                       "dice": {"disc": 1.0, "cross": 1.0}, "num_classes": 3, "test_images": 6}
+    rows = dict(protocol.rows(metrics))
+    assert rows == {"mIoU": "100.0% over 3 classes (6 test images)",
+                    "IoU per class": "background 100.0, disc 100.0, cross 100.0"}
+
+    blind = Oracle(3)
+    with torch.no_grad():
+        blind.scale.zero_()  # all logits equal: argmax 0, the background everywhere
+    counted = data.masks[data.masks != 255]
+    share = (counted == 0).double().mean().item()  # background IoU = its share of the counted pixels
+    metrics = evaluate_segmentation(blind, data)
+    assert metrics["iou_per_class"] == {"background": pytest.approx(share), "disc": 0.0, "cross": 0.0}
+    assert metrics["mean_iou"] == pytest.approx(share / 3) and metrics["dice"] == {"disc": 0.0, "cross": 0.0}
+    assert "disc 0.0" in dict(protocol.rows(metrics))["IoU per class"]
+
+    absent = evaluate_segmentation(Oracle(4), dense_set(3, ("background", "disc", "cross", "star")))
+    assert absent["iou_per_class"]["star"] is None and absent["mean_iou"] == 1.0  # neither predicted nor present
+    assert dict(segmentation_rows(absent))["IoU per class"].endswith("star -")
+
+
+class Pretrained(torch.nn.Module):
+    """Stands in for PCRL: segmentation_model(num_classes, class_weights) gives a fresh Oracle."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def segmentation_model(self, num_classes, class_weights=None):
+        return Oracle(num_classes)
+
+
+def test_the_finetune_protocol_trains_the_segmentation_model_and_scores_dice_and_miou():
+    labelled, test = dense_set(2, ("background", "lesion"), n=8), dense_set(2, ("background", "lesion"), seed=1)
+    protocol = PROTOCOLS["finetune-segmentation"]
+    metrics = protocol.run(Pretrained(), labelled, test, device="cpu", steps=3, lr=0.1, batch_size=4)
+    assert metrics["dice"] == {"lesion": 1.0} and metrics["mean_iou"] == 1.0 and metrics["test_images"] == 6
+    tuned = metrics["finetune"]
+    assert (tuned["steps"], tuned["labelled_images"], tuned["batch_size"], tuned["class_weights"]) == (3, 8, 4, None)
+    assert tuned["final_loss"] < tuned["first_loss"]  # the scale grew: the same argmax, surer
+    rows = dict(protocol.rows(metrics))
+    assert rows["Dice"] == "lesion 100.0%" and rows["mIoU"].startswith("100.0% over 2 classes")
+    assert rows["fine-tuned"].startswith("3 steps on 8 labelled images, loss ")
+
+
+def test_fine_tuning_a_pcrl_u_net_is_deterministic_and_leaves_the_method_and_the_global_rng_alone():
+    from clcourse.data import make_lesions
+    from clcourse.device import torch_threads
+    from clcourse.methods import PCRL
+    from clcourse.unet import UNetEncoder
+
+    torch.manual_seed(0)
+    method = PCRL(UNetEncoder(1, (4, 8, 16)), projection_dim=8, queue_size=64)
+    labelled, test = make_lesions(8, 32, seed=2), make_lesions(4, 32, seed=1)
+    before, rng = {k: v.clone() for k, v in method.state_dict().items()}, torch.get_rng_state()
+    with torch_threads(1):
+        first, second = (finetune_segmentation(method, labelled, test, steps=2, batch_size=4, seed=3,
+                                               class_weights=(1, 10)) for _ in range(2))
+        other = finetune_segmentation(method, labelled, test, steps=2, batch_size=4, seed=4)
+    assert first == second and first["finetune"]["first_loss"] != other["finetune"]["first_loss"]
+    assert first["finetune"]["class_weights"] == [1.0, 10.0] and set(first["dice"]) == {"lesion"}
+    assert 0 <= first["dice"]["lesion"] <= 1 and 0 <= first["mean_iou"] <= 1
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, before[k]) for k, v in method.state_dict().items())
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        finetune_segmentation(method, labelled, test, steps=1, batch_size=16)

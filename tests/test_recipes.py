@@ -1,13 +1,25 @@
+import dataclasses
 import itertools
 
 import pytest
 import torch
 
-from clcourse.data import DatasetNotFoundError, shard_rows
+from clcourse.data import (
+    IGNORE_INDEX,
+    DatasetNotFoundError,
+    DenseData,
+    DenseLoader,
+    shard_rows,
+)
+from clcourse.device import torch_threads
 from clcourse.distributed import DistributedMethod
-from clcourse.methods import NNCLR, PCL, MoCo, SimCLR, SupCon
+from clcourse.encoders import SmallSegmenter
+from clcourse.methods import NNCLR, PCL, PCRL, MoCo, PixelContrast, SimCLR, SupCon
 from clcourse.recipes import (
     DATASETS,
+    DENSE_DATASET,
+    DENSE_METHODS,
+    IMAGE_METHODS,
     METHODS,
     SOURCES,
     Recipe,
@@ -19,10 +31,19 @@ from clcourse.recipes import (
 )
 from clcourse.runs import images_per_second
 from clcourse.train import Budget
+from clcourse.unet import UNetEncoder
 
 
 @pytest.mark.parametrize("method, profile, dataset", list(itertools.product(METHODS, ("quick", "full"), DATASETS)))
 def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
+    if method in DENSE_METHODS and dataset != DENSE_DATASET[method]:
+        with pytest.raises(ValueError, match=f"{method} is a dense method: it trains on {DENSE_DATASET[method]}"):
+            get_recipe(method, profile, "folder:/some/pictures" if dataset == "folder" else dataset)
+        return
+    if method in IMAGE_METHODS and dataset in ("scenes", "lesions"):
+        with pytest.raises(ValueError, match=f"{dataset} is a segmentation dataset.*{method} learns image"):
+            get_recipe(method, profile, dataset)
+        return
     if profile == "quick" and dataset == "stl10":
         with pytest.raises(ValueError, match="full profile only"):
             get_recipe(method, profile, dataset)
@@ -39,7 +60,7 @@ def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
 
 
 def test_the_full_cifar10_recipes_follow_their_references():
-    simclr, moco, supcon, swav, nnclr, pcl = (get_recipe(m, "full", "cifar10") for m in METHODS)
+    simclr, moco, supcon, swav, nnclr, pcl = (get_recipe(m, "full", "cifar10") for m in IMAGE_METHODS)
     for r in (simclr, moco, supcon, swav, nnclr, pcl):
         assert (r.encoder, r.batch_size, r.epochs, r.optimizer) == ("resnet18_cifar", 512, 200, "sgd")
         assert r.schedule == "cosine"
@@ -216,3 +237,86 @@ def test_folder_recipes_need_a_path():
 def test_images_per_second():
     recipe = get_recipe("simclr", "quick", "digits")
     assert images_per_second(recipe, steps=10, seconds=5.0) == pytest.approx(10 * 256 * 2 / 5)
+
+
+# --------------------------------------------------------------------------- the dense methods
+
+
+@pytest.fixture
+def one_thread():
+    """Small networks: on a busy 2-core machine a second thread costs more than it saves."""
+    with torch_threads(1):
+        yield
+
+
+def test_the_dense_recipes_hold_their_settings_and_default_to_their_dataset():
+    pixel, pcrl = get_recipe("pixel-contrast", "quick"), get_recipe("pcrl", "quick")
+    assert (pixel.dataset, pixel.image_size, pixel.in_channels, pixel.train_size, pixel.test_size) == (
+        "scenes", 32, 3, 2000, 500)
+    assert (pixel.encoder, pixel.encoder_width, pixel.batch_size, pixel.optimizer, pixel.lr) == (
+        "small_segmenter", 32, 32, "adam", 2e-3)
+    assert (pixel.weight_decay, pixel.schedule, pixel.budget, pixel.temperature) == (
+        1e-4, "cosine", Budget("steps", 600), 0.1)
+    assert pixel.method_options == dict(warmup_steps=300)
+    assert pixel.evaluation == "segmentation" and pixel.evaluation_options() == {}
+    assert (pcrl.dataset, pcrl.image_size, pcrl.in_channels, pcrl.train_size, pcrl.test_size) == (
+        "lesions", 64, 1, 2000, 500)
+    assert (pcrl.batch_size, pcrl.lr, pcrl.budget, pcrl.temperature, pcrl.augment) == (
+        32, 1e-3, Budget("steps", 600), 0.2, "pcrl")
+    assert pcrl.evaluation == "finetune-segmentation" and pcrl.finetune_size == 200
+    assert pcrl.evaluation_options() == dict(steps=300, lr=1e-3, batch_size=32, class_weights=(1.0, 10.0), seed=0)
+    for recipe in (get_recipe("pixel-contrast", "full"), get_recipe("pcrl", "full")):
+        assert "not measured yet" in recipe.expected and "benchmarks/README.md" in recipe.expected
+    for recipe in (pixel, pcrl):
+        assert "bench_dense_recipes.py" in recipe.expected and "benchmarks/README.md" in recipe.expected
+    full_pixel, full_pcrl = get_recipe("pixel-contrast", "full"), get_recipe("pcrl", "full")
+    assert (full_pixel.image_size, full_pixel.train_size) == (64, 20000) and full_pixel.steps > pixel.steps
+    assert full_pcrl.train_size == 20000 and full_pcrl.steps > pcrl.steps
+    assert "unmeasured" in full_pixel.notes and "unmeasured" in full_pcrl.notes
+    assert "fine-tune 300 steps on 200 labelled images" in pcrl.summary()
+    assert pixel.views_per_image == 1 and pcrl.views_per_image == 2
+
+
+def test_pixel_contrast_builds_a_segmenter_and_a_loader_of_augmented_images_and_masks(one_thread):
+    recipe = get_recipe("pixel-contrast", "quick").override(train_size=48, test_size=8, batch_size=16)
+    method, loader, eval_train, eval_test = build(recipe, "cpu")
+    assert isinstance(method, PixelContrast) and isinstance(method.encoder, SmallSegmenter)
+    assert (method.num_classes, method.temperature, method.gather_distributed) == (7, 0.1, False)
+    assert isinstance(loader, DenseLoader) and len(loader) == 3
+    images, masks = next(iter(loader))
+    assert images.shape == (16, 3, 32, 32) and masks.shape == (16, 32, 32) and masks.dtype == torch.long
+    assert not torch.equal(images, eval_train.images[:16])  # augmented (and shuffled)
+    assert isinstance(eval_test, DenseData) and (len(eval_train), len(eval_test)) == (48, 8)
+    assert torch.isfinite(method.training_step((images, masks)))
+    again = build(recipe, "cpu")
+    assert torch.equal(next(iter(again[1]))[1], masks)  # the same seed, the same batches
+
+
+def test_pcrl_pre_trains_on_unlabelled_slices_and_fine_tunes_on_labelled_ones(one_thread):
+    recipe = get_recipe("pcrl", "quick").override(image_size=32, train_size=32, test_size=8, finetune_size=8,
+                                                   batch_size=16)
+    method, loader, labelled, test = build(recipe, "cpu")
+    assert isinstance(method, PCRL) and isinstance(method.encoder, UNetEncoder)
+    assert method.encoder.widths == (8, 16, 32, 64) and method.temperature == 0.2
+    assert method.augment.size == 32  # PCRL draws its 32-pixel views itself...
+    assert loader.augment is None  # ...so its loader passes the slices on as they are
+    images, masks = next(iter(loader))
+    assert images.shape == (16, 1, 32, 32) and bool((masks == IGNORE_INDEX).all())  # no label reaches pre-training
+    assert (len(labelled), len(test)) == (8, 8) and int(labelled.masks.max()) == 1  # the fine-tuning set is labelled
+    assert labelled.class_names == ("background", "lesion")
+    assert torch.isfinite(method.training_step((images, masks)))
+
+
+def test_dense_methods_train_on_one_process_and_on_their_own_data():
+    with pytest.raises(ValueError, match="pixel-contrast trains on one process only"):
+        build(get_recipe("pixel-contrast", "quick"), "cpu", rank=0, world_size=2)
+    with pytest.raises(ValueError, match="does not gather across processes"):
+        build_method(get_recipe("pixel-contrast", "quick"), gather_distributed=True)
+    with pytest.raises(ValueError, match="use --dataset scenes"):
+        get_recipe("pixel-contrast", "quick", "digits")
+    with pytest.raises(ValueError, match="lesions is a segmentation dataset.*trained on by pcrl"):
+        get_recipe("simclr", "quick").override(dataset="lesions")
+    with pytest.raises(ValueError, match="train_size must be a positive int for scenes"):
+        get_recipe("pixel-contrast", "quick").override(train_size=0)
+    with pytest.raises(ValueError, match="finetune_steps must be a positive int"):
+        dataclasses.replace(get_recipe("pcrl", "quick"), finetune_steps=None)

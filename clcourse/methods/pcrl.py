@@ -132,15 +132,17 @@ def _flat(maps: Tensor) -> Tensor:
     return maps.permute(0, 2, 3, 1).flatten(1)
 
 
-def pcrl_augment(size: int = 64) -> BatchedAugment:
+def pcrl_augment(size: int = 64, **overrides) -> BatchedAugment:
     """The views' crop and intensity changes, after the authors' 2D code: crop of 20-100% of the area,
     horizontal flip, brightness and contrast +-40%, blur half the time.
 
-    A :class:`~clcourse.augment.BatchedAugment` -> views [B, C, size, size]. The code's small rotation
-    (+-10 degrees) is left out: a second resampling of every view, it cost 7% of a step.
+    A :class:`~clcourse.augment.BatchedAugment` -> views [B, C, size, size]; ``overrides`` change its
+    knobs, as for the other presets. The code's small rotation (+-10 degrees) is left out: a second
+    resampling of every view, it cost 7% of a step.
     """
-    return BatchedAugment(size, crop_scale=(0.2, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.0, 0.0), jitter_p=1.0,
-                          gray_p=0.0, blur_p=0.5)
+    settings = dict(crop_scale=(0.2, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.0, 0.0), jitter_p=1.0, gray_p=0.0,
+                    blur_p=0.5)
+    return BatchedAugment(size, **{**settings, **overrides})
 
 
 @dataclass(eq=False)
