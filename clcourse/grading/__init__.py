@@ -27,6 +27,7 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson09_nnclr,
     lesson10_pcl,
     lesson11_supcon,
+    lesson12_pixel_contrast,
 )
 
 __all__ = ["CheckResult", "Task", "check", "evaluate", "tasks"]

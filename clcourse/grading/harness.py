@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 import clcourse
 
@@ -43,6 +44,22 @@ def run_probe(answer: Any, fn: Callable, *args: Any) -> Any:
     """``fn(answer, *args)``, run where the answer lives: in the grading worker when ``answer`` is remote."""
     remote = getattr(answer, "run_probe", None)
     return remote(f"{fn.__module__}:{fn.__qualname__}", args) if remote is not None else fn(answer, *args)
+
+
+def labelled_embeddings(labels, generator: torch.Generator, d: int = 6,
+                        dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings [N, d] clustered by their labels [N] (a list of ints), for the supervised losses' checks.
+
+    Each label gets a random centre, each row its centre plus noise (0.8 per coordinate), rescaled to a
+    random length in [0.4, 2]: only directions may matter to a loss that normalises, yet exp(|z|^2 / t)
+    stays finite in float32. Returns (embeddings in ``dtype``, labels int64).
+    """
+    labels = torch.tensor(labels)
+    centres = torch.randn(int(labels.max()) + 1, d, generator=generator, dtype=torch.float64)
+    z = centres[labels] + 0.8 * torch.randn(len(labels), d, generator=generator, dtype=torch.float64)
+    z = F.normalize(z, dim=1) * torch.empty(len(labels), 1, dtype=torch.float64).uniform_(0.4, 2.0,
+                                                                                         generator=generator)
+    return z.to(dtype), labels
 
 
 def case_seed(base: int) -> int:

@@ -15,6 +15,7 @@ from clcourse.grading.harness import (
     case_seed,
     compare_with_reference,
     keeps_gradient,
+    labelled_embeddings,
 )
 from clcourse.grading.registry import task
 
@@ -101,12 +102,7 @@ def _supcon_cases() -> list[Case]:
     g = torch.Generator().manual_seed(case_seed(110))
 
     def batch(labels, d=6, dtype=torch.float32):
-        labels = torch.tensor(labels)
-        centres = torch.randn(int(labels.max()) + 1, d, generator=g, dtype=torch.float64)
-        z = centres[labels] + 0.8 * torch.randn(len(labels), d, generator=g, dtype=torch.float64)
-        # random lengths in [0.4, 2]: only directions may matter, yet exp(|z|^2 / t) stays finite in float32
-        z = F.normalize(z, dim=1) * torch.empty(len(labels), 1, dtype=torch.float64).uniform_(0.4, 2.0, generator=g)
-        return z.to(dtype), labels
+        return labelled_embeddings(labels, g, d, dtype)
 
     z, y = batch([0, 1, 0, 2, 1, 0, 2, 2])
     return [
