@@ -109,6 +109,12 @@ LESSON_COSTS: dict[str, LessonCost] = {
         faster="`steps` (200) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`",
     ),
+    "12": LessonCost(
+        "Pixel contrast", 140,
+        full="a SmallSegmenter on 20,000 scenes, 4,000 steps per run",
+        faster="`steps` (400) or fewer `seeds` (3): a noisier table",
+        fuller="more `steps`, or `clcourse train pixel-contrast`",
+    ),
 }
 
 
