@@ -57,9 +57,10 @@ The dense methods train on generated data with a class per pixel, and are scored
   reads the lesion Dice and the mIoU on the test slices.
 
 Their data come from fixed generator seeds (0 training, 1 test, 2 PCRL's labelled fine-tuning set), so
-every recipe seed sees the same sets. Both train on one process only (:func:`build` says why). Their
-settings are provisional (the quick ones: a 600-step budget at batch 32 with Adam, the methods' own
-defaults otherwise) and their results not measured yet; ``benchmarks/README.md`` will hold the figures.
+every recipe seed sees the same sets. Both train on one process only (:func:`build` says why). The quick
+recipes (a 600-step budget at batch 32 with Adam, the methods' own defaults otherwise, pixel contrast's
+term after a warm-up of half the steps) are measured against their baselines by
+``benchmarks/bench_dense_recipes.py`` (``benchmarks/README.md``); the full ones are not.
 
 References (``Recipe.sources`` names them by these keys):
 
@@ -109,14 +110,14 @@ from clcourse.device import get_profile, seed_everything
 from clcourse.train import Budget
 
 IMAGE_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl")
-DENSE_METHODS = ("pixel-contrast", "pcrl")
-METHODS = IMAGE_METHODS + DENSE_METHODS
 IMAGE_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
 DENSE_DATASETS = ("scenes", "lesions")
 DATASETS = IMAGE_DATASETS + DENSE_DATASETS
 PROFILES = ("quick", "full")
 DEFAULT_DATASET = {"quick": "digits", "full": "cifar10"}  # of the image methods; a dense method has its own
 DENSE_DATASET = {"pixel-contrast": "scenes", "pcrl": "lesions"}  # the dataset each dense method trains on
+DENSE_METHODS = tuple(DENSE_DATASET)
+METHODS = IMAGE_METHODS + DENSE_METHODS
 
 SOURCES = {
     "SIMCLR": "Chen et al., SimCLR, ICML 2020, appendix B.9 (CIFAR-10)",

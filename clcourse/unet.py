@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from clcourse.checks import check_images
 from clcourse.data.dense_data import IGNORE_INDEX
-from clcourse.train import eval_mode
+from clcourse.evaluate import predict_segmentation
 
 __all__ = ["DEFAULT_WIDTHS", "UNetEncoder", "UNetDecoder", "UNet", "pixel_head"]
 
@@ -197,12 +197,7 @@ class UNet(nn.Module):
         weight = None if self.class_weights is None else torch.tensor(self.class_weights, device=logits.device)
         return F.cross_entropy(logits, masks, weight=weight, ignore_index=IGNORE_INDEX)
 
-    @torch.no_grad()
     def predict(self, images: Tensor, batch_size: int = 256) -> Tensor:
         """The most likely class of every pixel of images [N, C, H, W]: int64 [N, H, W] on the CPU (eval mode)."""
         check_images(images, self.encoder.in_channels, batch="N")
-        device = self.head.weight.device
-        with eval_mode(self):
-            parts = [self(images[i:i + batch_size].to(device)).argmax(1).cpu()
-                     for i in range(0, len(images), batch_size)]
-        return torch.cat(parts)
+        return predict_segmentation(self, images, batch_size)
