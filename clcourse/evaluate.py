@@ -34,7 +34,7 @@ from torch import nn
 from clcourse.data.dense_data import IGNORE_INDEX
 from clcourse.data.dense_loader import DenseLoader
 from clcourse.losses import alignment, uniformity
-from clcourse.train import eval_mode, fit
+from clcourse.train import History, eval_mode, fit
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -584,25 +584,18 @@ def _method_segmentation(method: nn.Module, eval_train, eval_test, *, device=Non
     return evaluate_segmentation(method.encoder, eval_test, batch_size=batch_size, device=device)
 
 
-def finetune_segmentation(method: nn.Module, labelled, test, *, steps: int, lr: float = 1e-3, batch_size: int = 32,
-                          class_weights: Sequence[float] | None = None, seed: int = 0,
-                          device: torch.device | str | None = None) -> dict:
-    """Fine-tune a pre-trained segmentation model on a few labelled masks, then score it on the test set.
+def finetune_segmenter(method: nn.Module, labelled, *, steps: int, lr: float = 1e-3, batch_size: int = 32,
+                       class_weights: Sequence[float] | None = None, seed: int = 0,
+                       device: torch.device | str | None = None) -> tuple[nn.Module, History]:
+    """Fine-tune a pre-trained segmentation model on a few labelled masks: ``(model, history)``.
 
     ``method.segmentation_model(num_classes, class_weights)`` (:meth:`clcourse.methods.PCRL.segmentation_model`:
     copies of the pre-trained U-Net halves and a new head) trains every weight with its own
-    ``training_step`` on ``(images, masks)`` batches of ``labelled`` (shuffled, not augmented) for
-    ``steps`` Adam steps with a cosine decay; ``method`` itself is left as it was. Deterministic given
-    ``seed``: the new head's weights come from torch's RNG seeded with it in a fork (the global RNG is left
-    untouched), the batches from a :class:`~clcourse.data.DenseLoader` seeded with it.
-
-    Args:
-        labelled, test: :class:`~clcourse.data.DenseData`, the fine-tuning set and the test set.
-        device: default: the method's.
-
-    Returns:
-        :func:`evaluate_segmentation`'s metrics of the fine-tuned model on ``test``, and ``"finetune"``:
-        ``{"steps", "labelled_images", "lr", "batch_size", "class_weights", "first_loss", "final_loss"}``.
+    ``training_step`` on ``(images, masks)`` batches of ``labelled`` (a :class:`~clcourse.data.DenseData`,
+    shuffled, not augmented) for ``steps`` Adam steps with a cosine decay; ``method`` itself is left as it
+    was. Deterministic given ``seed``: the new head's weights come from torch's RNG seeded with it in a fork
+    (the global RNG is left untouched), the batches from a :class:`~clcourse.data.DenseLoader` seeded with it.
+    ``device``: default: the method's.
     """
     if device is None:
         device = next(method.parameters()).device
@@ -611,6 +604,25 @@ def finetune_segmentation(method: nn.Module, labelled, test, *, steps: int, lr: 
         model = method.segmentation_model(labelled.num_classes, class_weights)
     loader = DenseLoader(labelled, None, batch_size=batch_size, seed=seed, device=device)
     history = fit(model, loader, steps=steps, lr=lr, schedule="cosine", device=device, progress=False)
+    return model, history
+
+
+def finetune_segmentation(method: nn.Module, labelled, test, *, steps: int, lr: float = 1e-3, batch_size: int = 32,
+                          class_weights: Sequence[float] | None = None, seed: int = 0,
+                          device: torch.device | str | None = None) -> dict:
+    """Fine-tune a pre-trained segmentation model on a few labelled masks, then score it on the test set.
+
+    :func:`finetune_segmenter` with these arguments, then :func:`evaluate_segmentation` on ``test``
+    (both :class:`~clcourse.data.DenseData`).
+
+    Returns:
+        :func:`evaluate_segmentation`'s metrics of the fine-tuned model on ``test``, and ``"finetune"``:
+        ``{"steps", "labelled_images", "lr", "batch_size", "class_weights", "first_loss", "final_loss"}``.
+    """
+    if device is None:
+        device = next(method.parameters()).device
+    model, history = finetune_segmenter(method, labelled, steps=steps, lr=lr, batch_size=batch_size,
+                                        class_weights=class_weights, seed=seed, device=device)
     finetune = dict(steps=history.steps, labelled_images=len(labelled), lr=lr, batch_size=batch_size,
                     class_weights=None if class_weights is None else [float(w) for w in class_weights],
                     first_loss=history.step_loss[0], final_loss=history.step_loss[-1])

@@ -318,3 +318,21 @@ def test_fine_tuning_a_pcrl_u_net_is_deterministic_and_leaves_the_method_and_the
     assert all(torch.equal(v, before[k]) for k, v in method.state_dict().items())
     with pytest.raises(ValueError, match="larger than the dataset"):
         finetune_segmentation(method, labelled, test, steps=1, batch_size=16)
+
+
+def test_finetune_segmenter_returns_the_model_that_finetune_segmentation_scores():
+    from clcourse.data import make_lesions
+    from clcourse.device import torch_threads
+    from clcourse.evaluate import evaluate_segmentation, finetune_segmenter
+    from clcourse.methods import PCRL
+    from clcourse.unet import UNet, UNetEncoder
+
+    torch.manual_seed(0)
+    method = PCRL(UNetEncoder(1, (4, 8)), projection_dim=8, queue_size=64)
+    labelled, test = make_lesions(8, 32, seed=2), make_lesions(4, 32, seed=1)
+    with torch_threads(1):
+        model, history = finetune_segmenter(method, labelled, steps=3, batch_size=4, seed=5, class_weights=(1, 10))
+        scored = finetune_segmentation(method, labelled, test, steps=3, batch_size=4, seed=5, class_weights=(1, 10))
+    assert isinstance(model, UNet) and model is not method and history.steps == 3
+    assert evaluate_segmentation(model, test)["dice"] == scored["dice"]
+    assert scored["finetune"]["final_loss"] == history.step_loss[-1]
