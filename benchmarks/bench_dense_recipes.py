@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from spread import mean_std
 
 from clcourse.device import seed_everything
 from clcourse.evaluate import PROTOCOLS
@@ -48,10 +49,6 @@ def scratch(recipe) -> dict:
     _, eval_train, eval_test = load_datasets(recipe)
     return PROTOCOLS[recipe.evaluation].run(method, eval_train, eval_test, device="cpu", **recipe.evaluation_options())
 
-
-def mean_std(values: list[float]) -> str:
-    spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-    return f"{statistics.mean(values):.1f}{spread}"
 
 
 def main() -> None:

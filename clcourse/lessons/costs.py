@@ -110,10 +110,16 @@ LESSON_COSTS: dict[str, LessonCost] = {
         fuller="more `steps`",
     ),
     "12": LessonCost(
-        "Pixel contrast", 140,
+        "Pixel contrast", 131,
         full="a SmallSegmenter on 20,000 scenes, 4,000 steps per run",
         faster="`steps` (400) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`, or `clcourse train pixel-contrast`",
+    ),
+    "15": LessonCost(
+        "PCRL", 123,
+        full="PCRL on 20,000 unlabelled slices, 3,000 pre-training and 1,000 fine-tuning steps per run",
+        faster="`pretrain_steps` (300), `finetune_steps` (200) or fewer `seeds` (3): a noisier table",
+        fuller="more `pretrain_steps`, or `clcourse train pcrl`",
     ),
 }
 

@@ -1,0 +1,14 @@
+"""How the benchmark scripts print a figure over seeds: "mean ± std", the sample standard deviation (n - 1).
+
+The scripts run as ``python benchmarks/NAME.py``, which puts this folder on the import path.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+
+def mean_std(values: list[float], sign: bool = False) -> str:
+    """``"62.5 ± 2.5"`` for a list of figures (one decimal; ``sign``: ``"+0.9 ± 0.6"``); the mean alone for one figure."""
+    mean = f"{statistics.mean(values):+.1f}" if sign else f"{statistics.mean(values):.1f}"
+    return mean + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
