@@ -28,6 +28,7 @@ References
 [12] Li et al., PCL, 2021. "Prototypical Contrastive Learning of Unsupervised Representations", ICLR.
 [13] Wang et al., Pixel contrast, 2021. "Exploring Cross-Image Pixel Contrast for Semantic Segmentation",
     ICCV.
+[14] Joseph et al., ORE, 2021. "Towards Open World Object Detection", CVPR.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ __all__ = [
     "supcon",
     "supcon_anchor_losses",
     "pixel_contrast",
+    "contrastive_clustering",
     "swapped_prediction",
     "alignment",
     "uniformity",
@@ -900,6 +902,50 @@ def _self_pairs(self_index: Tensor | None, anchor_labels: Tensor, contrast_label
 
 @_outside_autocast
 @_outside_autocast
+def contrastive_clustering(features: Tensor, labels: Tensor, prototypes: Tensor, margin: float = 10.0, *,
+                           valid: Tensor | None = None) -> Tensor:
+    """ORE's contrastive clustering [14] (eqs. 1-2): pull each feature to its class prototype, push it from the others.
+
+    Shapes: features [N, D] (region features, not normalised), labels [N] int64 in [0, C), prototypes [C, D]
+    ("unknown" is one of the C classes); returns a scalar. With D the Euclidean distance,
+
+        l(f_c) = sum_i  D(p_i, f_c)                  if i = c,
+                        max(0, margin - D(p_i, f_c))  otherwise,
+
+    averaged over the N features: the loss is 0 once every feature sits on its prototype and at least
+    ``margin`` from every other. ``valid`` [C] bool leaves out the prototypes not yet computed (a class
+    the feature store has not seen): their terms are 0 for every feature. Gradients reach ``features``
+    and ``prototypes`` (ORE's prototypes are momentum averages of stored features: pass them detached).
+
+    This is the paper's Euclidean form; the authors' code computes ``torch.cdist(..., p=margin)`` (a
+    10-norm) inside ``nn.HingeEmbeddingLoss(2)``.
+    """
+    check_tensor("features", features, "[N, D]")
+    check_tensor("prototypes", prototypes, "[C, D]")
+    n, d = features.shape
+    c = prototypes.shape[0]
+    if prototypes.shape[1] != d or c < 1:
+        raise ValueError(f"prototypes must be [C, {d}] with C >= 1 (one per class, D as the features'), got "
+                         f"{shape_of(prototypes)} for features {shape_of(features)}")
+    check_labels(labels, n, "feature")
+    if n and not 0 <= int(labels.min()) <= int(labels.max()) < c:
+        raise ValueError(f"labels must be class ids in [0, {c}) (one prototype per class), got values from "
+                         f"{int(labels.min())} to {int(labels.max())}")
+    margin = check_number("margin", margin)
+    if valid is None:
+        valid = torch.ones(c, dtype=torch.bool, device=prototypes.device)
+    elif not isinstance(valid, Tensor) or valid.dtype != torch.bool or valid.shape != (c,):
+        got = f"{valid.dtype} {shape_of(valid)}" if isinstance(valid, Tensor) else type(valid).__name__
+        raise ValueError(f"valid must be a bool tensor [{c}], one flag per prototype, got {got}")
+    if n == 0:
+        return features.sum() * 0.0
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    distances = torch.cdist(features.to(dtype), prototypes.to(dtype))  # [N, C]
+    own = F.one_hot(labels.long(), c).bool()
+    terms = torch.where(own, distances, (margin - distances).clamp_min(0.0))
+    return (terms * valid.to(dtype)).sum(dim=1).mean()
+
+
 def swapped_prediction(scores: list[Tensor], codes: list[Tensor], temperature: float = 0.1) -> Tensor:
     """SwAV's swapped prediction [10] (eq. 1-2): every crop predicts the codes of the other crops.
 

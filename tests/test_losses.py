@@ -503,3 +503,54 @@ def test_mine_all_refuses_more_triplets_than_it_can_list(monkeypatch):
     with pytest.raises(ValueError, match=r"10,800 valid triplets.*all_triplets_loss"):
         mine_triplets(randn(40, 3, seed=41), labels, "all")
     assert len(mine_triplets(randn(40, 3, seed=41), labels, "hard")[0]) == 40  # the other strategies still work
+
+
+def _clustering_loop(features, labels, prototypes, margin, valid):
+    """ORE eq. 1-2, one feature and one prototype at a time, in float64."""
+    total = 0.0
+    for f, c in zip(features.double(), labels.tolist()):
+        for i, p in enumerate(prototypes.double()):
+            if not valid[i]:
+                continue
+            distance = torch.linalg.vector_norm(f - p)
+            total += distance if i == c else torch.clamp(margin - distance, min=0.0)
+    return total / len(features)
+
+
+def test_contrastive_clustering_matches_a_loop_and_its_closed_forms():
+    from clcourse.losses import contrastive_clustering
+
+    g = torch.Generator().manual_seed(0)
+    features, prototypes = torch.randn(9, 5, generator=g) * 3, torch.randn(4, 5, generator=g) * 3
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 3])
+    valid = torch.tensor([True, False, True, True])
+    for margin, mask in ((10.0, None), (2.0, valid)):
+        expected = _clustering_loop(features, labels, prototypes, margin, torch.ones(4, dtype=torch.bool)
+                                    if mask is None else mask)
+        got = contrastive_clustering(features, labels, prototypes, margin, valid=mask)
+        torch.testing.assert_close(got.double(), torch.as_tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    corners = torch.eye(3) * 20  # prototypes 20 * sqrt(2) apart: beyond a margin of 10
+    assert contrastive_clustering(corners, torch.arange(3), corners).item() == pytest.approx(0.0, abs=1e-5)
+    # on a line: prototypes at 0 and 4, features at 1 (class 0) and 3 (class 1): each 1 from its own prototype
+    # and 3 from the other, so each term is 1 + (10 - 3) = 8
+    line = contrastive_clustering(torch.tensor([[1.0], [3.0]]), torch.tensor([0, 1]), torch.tensor([[0.0], [4.0]]))
+    assert line.item() == pytest.approx(8.0)
+
+
+def test_contrastive_clustering_gradients_and_bad_input():
+    from clcourse.losses import contrastive_clustering
+
+    features = torch.randn(6, 4, requires_grad=True)
+    prototypes = torch.randn(3, 4)
+    contrastive_clustering(features, torch.tensor([0, 1, 2, 0, 1, 2]), prototypes).backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0
+    empty = contrastive_clustering(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), prototypes)
+    assert empty.item() == 0.0
+    with pytest.raises(ValueError, match=r"prototypes must be \[C, 4\]"):
+        contrastive_clustering(features, torch.zeros(6, dtype=torch.long), torch.randn(3, 5))
+    with pytest.raises(ValueError, match=r"class ids in \[0, 3\)"):
+        contrastive_clustering(features, torch.tensor([0, 1, 2, 3, 0, 1]), prototypes)
+    with pytest.raises(ValueError, match="margin"):
+        contrastive_clustering(features, torch.zeros(6, dtype=torch.long), prototypes, margin=0.0)
+    with pytest.raises(ValueError, match="valid must be a bool tensor"):
+        contrastive_clustering(features, torch.zeros(6, dtype=torch.long), prototypes, valid=torch.ones(3))
