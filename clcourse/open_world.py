@@ -7,6 +7,8 @@
   queue each); after a burn-in the prototypes are the classes' means of the store, then, every few
   iterations, a momentum average of themselves and the current means. The contrastive clustering loss
   (:func:`clcourse.losses.contrastive_clustering`) pulls each feature towards its class's prototype.
+- **Exemplar replay** [1]: when a later task makes new classes known, the detector is fine-tuned on a
+  small balanced set of images kept from the earlier tasks, so that it does not forget the old classes.
 
 [1] Joseph, Khan, Khan, Balasubramanian, Towards Open World Object Detection (ORE), CVPR 2021.
 """
@@ -19,7 +21,7 @@ from torchvision.ops import box_iou
 
 from clcourse.checks import check_labels, check_number, check_tensor, shape_of
 
-__all__ = ["PrototypeStore", "auto_label_unknowns"]
+__all__ = ["PrototypeStore", "auto_label_unknowns", "select_exemplars"]
 
 
 def auto_label_unknowns(proposals: Tensor, objectness: Tensor, gt_boxes: Tensor, k: int = 1,
@@ -47,6 +49,37 @@ def auto_label_unknowns(proposals: Tensor, objectness: Tensor, gt_boxes: Tensor,
     candidates = eligible.nonzero().squeeze(1)
     order = torch.sort(objectness[candidates], descending=True, stable=True).indices
     return candidates[order[:k]]
+
+
+def select_exemplars(box_labels: list[Tensor], classes, per_class: int, seed: int = 0) -> Tensor:
+    """A balanced replay set: image indices, visited in a seeded random order, each kept while it holds a class
+    that has fewer than ``per_class`` instances in the set so far.
+
+    Args:
+        box_labels: per image the int64 [n_i] classes of its annotated objects.
+        classes: the classes to balance (the known ones); objects of other classes are not counted.
+        per_class: instances wanted per class (a class with fewer in all the images gets them all).
+        seed: of the visiting order.
+
+    Returns:
+        int64 [M], the kept images in the order visited.
+    """
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+    wanted = {int(c): 0 for c in classes}
+    if not wanted:
+        raise ValueError("classes must name at least one class to balance")
+    order = torch.randperm(len(box_labels), generator=torch.Generator().manual_seed(seed))
+    kept = []
+    for i in order.tolist():
+        labels = [int(c) for c in box_labels[i].tolist() if int(c) in wanted]
+        if any(wanted[c] < per_class for c in labels):
+            kept.append(i)
+            for c in labels:
+                wanted[c] += 1
+        if all(n >= per_class for n in wanted.values()):
+            break
+    return torch.tensor(kept, dtype=torch.long)
 
 
 class PrototypeStore(nn.Module):

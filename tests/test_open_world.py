@@ -56,3 +56,21 @@ def test_prototypes_start_at_the_means_then_move_with_momentum_on_schedule():
         PrototypeStore(2, 1, momentum=1.0)
     with pytest.raises(ValueError, match="items_per_class must be an int >= 1"):
         PrototypeStore(2, 1, items_per_class=0)
+
+
+def test_exemplars_cover_every_class_and_stop_once_each_has_its_quota():
+    from clcourse.open_world import select_exemplars
+
+    labels = [torch.tensor(x) for x in ([0], [0, 1], [1], [2], [0, 2], [3], [1, 1], [0])]
+    kept = select_exemplars(labels, classes=[0, 1, 2], per_class=2, seed=0)
+    counts = {c: sum(int((labels[i] == c).sum()) for i in kept.tolist()) for c in (0, 1, 2)}
+    assert all(n >= 2 for n in counts.values())
+    assert 5 not in kept.tolist()  # holds only class 3, not among the balanced classes
+    # every kept image was needed when it was visited: dropping the last one leaves some class short
+    shorter = kept[:-1].tolist()
+    assert any(sum(int((labels[i] == c).sum()) for i in shorter) < 2 for c in (0, 1, 2))
+    assert torch.equal(kept, select_exemplars(labels, classes=[0, 1, 2], per_class=2, seed=0))
+    everything = select_exemplars(labels, classes=[2], per_class=10)  # fewer than asked exist: all of them
+    assert sorted(everything.tolist()) == [3, 4]
+    with pytest.raises(ValueError, match="per_class must be a positive int"):
+        select_exemplars(labels, classes=[0], per_class=0)
