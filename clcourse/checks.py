@@ -46,14 +46,17 @@ def check_tensor(name: str, x, layout: str, accepted: str | None = None) -> None
         raise ValueError(f"{name} must have at least one feature (D >= 1), got shape {shape_of(x)}")
 
 
-def check_labels(labels, n: int, what: str) -> None:
-    """Check that ``labels`` is an integer tensor [n], one class id per ``what``."""
+def check_labels(labels, n: int, what: str, num_classes: int | None = None) -> None:
+    """Check that ``labels`` is an integer tensor [n], one class id per ``what``, each in [0, num_classes) if given."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of shape [{n}], got {type(labels).__name__}")
     if labels.is_floating_point() or labels.is_complex():
         raise ValueError(f"labels must be an integer tensor (class ids), got {labels.dtype}")
     if labels.shape != (n,):
         raise ValueError(f"labels must have shape [{n}] (one per {what}), got {shape_of(labels)}")
+    if num_classes is not None and n and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise ValueError(f"labels must be class ids in [0, {num_classes}), got values from {int(labels.min())} to "
+                         f"{int(labels.max())}")
 
 
 def check_number(name: str, value, *, minimum: float = 0.0, strict: bool = True) -> float:

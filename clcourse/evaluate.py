@@ -619,8 +619,6 @@ def finetune_segmentation(method: nn.Module, labelled, test, *, steps: int, lr: 
         :func:`evaluate_segmentation`'s metrics of the fine-tuned model on ``test``, and ``"finetune"``:
         ``{"steps", "labelled_images", "lr", "batch_size", "class_weights", "first_loss", "final_loss"}``.
     """
-    if device is None:
-        device = next(method.parameters()).device
     model, history = finetune_segmenter(method, labelled, steps=steps, lr=lr, batch_size=batch_size,
                                         class_weights=class_weights, seed=seed, device=device)
     finetune = dict(steps=history.steps, labelled_images=len(labelled), lr=lr, batch_size=batch_size,

@@ -927,10 +927,7 @@ def contrastive_clustering(features: Tensor, labels: Tensor, prototypes: Tensor,
     if prototypes.shape[1] != d or c < 1:
         raise ValueError(f"prototypes must be [C, {d}] with C >= 1 (one per class, D as the features'), got "
                          f"{shape_of(prototypes)} for features {shape_of(features)}")
-    check_labels(labels, n, "feature")
-    if n and not 0 <= int(labels.min()) <= int(labels.max()) < c:
-        raise ValueError(f"labels must be class ids in [0, {c}) (one prototype per class), got values from "
-                         f"{int(labels.min())} to {int(labels.max())}")
+    check_labels(labels, n, "feature", num_classes=c)
     margin = check_number("margin", margin)
     if valid is None:
         valid = torch.ones(c, dtype=torch.bool, device=prototypes.device)

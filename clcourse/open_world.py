@@ -119,13 +119,10 @@ class PrototypeStore(nn.Module):
     def add(self, features: Tensor, labels: Tensor) -> None:
         """Enqueue features [N, D] (detached) under their classes labels [N], oldest out first, in row order."""
         check_tensor("features", features, "[N, D]")
-        check_labels(labels, features.shape[0], "feature")
         c, length, d = self.features.shape
+        check_labels(labels, features.shape[0], "feature", num_classes=c)
         if features.shape[1] != d:
             raise ValueError(f"features must be [N, {d}], got {shape_of(features)}")
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < c:
-            raise ValueError(f"labels must be class ids in [0, {c}), got values from {int(labels.min())} to "
-                             f"{int(labels.max())}")
         for feature, label in zip(features.detach().to(self.features), labels.tolist()):
             self.features[label, int(self.counts[label]) % length] = feature
             self.counts[label] += 1

@@ -272,6 +272,27 @@ def _tensor_difference(got: Any, expected: torch.Tensor, rtol: float, atol: floa
             f"(expected {_fmt(expected[idx].item())}, got {_fmt(got[idx].item())})")
 
 
+def run_case_probe(answer: Any, case: "Case", fn: Callable, *args: Any) -> Any:
+    """:func:`run_probe` for one case: a :class:`Failure` raised inside it names ``case`` when it names none."""
+    try:
+        return run_probe(answer, fn, *args)
+    except Failure as failure:
+        failure.case = failure.case or case.name
+        raise
+
+
+def require_same_gradient(case: "Case", got: Any, expected: Any, wrt: str, hint: str, *, rtol: float,
+                          atol: float) -> None:
+    """Raise a :class:`Failure` on ``case`` when the answer's gradient ``got`` differs from ``expected``.
+
+    ``wrt`` names what the gradient is taken with respect to, in the learner's words ("the anchors").
+    """
+    diff = first_difference(got, expected, rtol=rtol, atol=atol)
+    if diff is not None:
+        raise Failure(case.name, f"the gradient with respect to {wrt} differs: {diff}",
+                      expected=describe(expected), received=describe(got), hint=hint)
+
+
 def diagnose(got_by_case: Sequence[Any], mistakes: Sequence[Mistake], cases: Sequence[Case],
              failing: int, run: Callable[[Callable, Case], Any],
              compare: Callable[[Any, Any], str | None] = first_difference, *, every_case: bool = False) -> str:

@@ -15,17 +15,15 @@ import torch.nn.functional as F
 from clcourse import losses
 from clcourse.grading.harness import (
     Case,
-    Failure,
     Mistake,
     call_answer,
     case_seed,
     compare_with_reference,
-    describe,
-    first_difference,
     keeps_gradient,
     labelled_embeddings,
     probe,
-    run_probe,
+    require_same_gradient,
+    run_case_probe,
 )
 from clcourse.grading.registry import task
 
@@ -170,16 +168,9 @@ def _check_gradients(answer, cases: list[Case]) -> None:
         anchors, labels, temperature = case.args
         if not anchors.requires_grad:
             continue
-        try:
-            got = run_probe(answer, _pixel_contrast_gradient, anchors, labels, temperature)
-        except Failure as failure:
-            failure.case = failure.case or case.name
-            raise
-        expected = _reference_gradient(anchors, labels, temperature)
-        diff = first_difference(got, expected, rtol=1e-3, atol=1e-5)
-        if diff is not None:
-            raise Failure(case.name, f"the gradient with respect to the anchors differs: {diff}",
-                          expected=describe(expected), received=describe(got), hint=_GRADIENT_HINT)
+        got = run_case_probe(answer, case, _pixel_contrast_gradient, anchors, labels, temperature)
+        require_same_gradient(case, got, _reference_gradient(anchors, labels, temperature), "the anchors",
+                              _GRADIENT_HINT, rtol=1e-3, atol=1e-5)
 
 
 @task("12.pixel_contrast", "the pixel-wise contrastive loss (eq. 3) of a batch of labelled pixel embeddings", 2,

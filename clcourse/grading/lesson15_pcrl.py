@@ -20,9 +20,9 @@ from clcourse.grading.harness import (
     case_seed,
     compare_with_reference,
     describe,
-    first_difference,
     probe,
-    run_probe,
+    require_same_gradient,
+    run_case_probe,
 )
 from clcourse.grading.registry import task
 from clcourse.methods.pcrl import apply_transforms, make_transforms
@@ -205,21 +205,14 @@ def _check_gradients(answer, cases: list[Case]) -> None:
             continue
         args, _ = case.fresh()
         weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in args[0]]
-        try:
-            got, changed = run_probe(answer, _hybrid_gradients, *args, weights)
-        except Failure as failure:
-            failure.case = failure.case or case.name
-            raise
+        got, changed = run_case_probe(answer, case, _hybrid_gradients, *args, weights)
         if changed:
             raise Failure(case.name, f"your function changed {' and '.join(changed)} in place", hint=_OUT_OF_PLACE)
         expected = _reference_gradients(*case.fresh()[0], weights)
         if got is None:
             raise Failure(case.name, "the hybrid maps are cut off from the ordinary maps' graph",
                           hint=_GRADIENT_HINT)
-        diff = first_difference(got, expected, rtol=1e-4, atol=1e-6)
-        if diff is not None:
-            raise Failure(case.name, f"the gradient with respect to the ordinary maps differs: {diff}",
-                          expected=describe(expected), received=describe(got), hint=_GRADIENT_HINT)
+        require_same_gradient(case, got, expected, "the ordinary maps", _GRADIENT_HINT, rtol=1e-4, atol=1e-6)
 
 
 @task("15.hybrid", "PCRL's hybrid path: mix every feature map and the targets with alpha = max(u, 1 - u)", 2,
