@@ -13,10 +13,11 @@ evaluation code computes them (Pascal VOC's protocol [2] extended to unknowns, a
 - **A-OSE** (absolute open-set error): the number of detections *labelled as a known class* whose IoU with
   some unknown object is above the threshold, over all classes and scores: unknowns taken for knowns.
 - **WI** (wilderness impact) at a recall level r: how much the unknowns dilute the known classes'
-  precision, P_K / P_{K+U} - 1 = FP_open / (TP + FP). For every known class with detections, the
-  cumulative TP + FP and the cumulative count of its detections on unknown objects are read at the
-  rank whose recall is closest to r; WI is the ratio of their means over the classes. [1] reports it at
-  r = 0.8.
+  precision. [1] writes it P_K / P_{K+U} - 1 (precision without and with the unknown objects), which
+  is E / (N - E) for E open-set errors among N detections; ORE's evaluation code, followed here,
+  computes E / N (its TP + FP counts the open-set errors among the false positives). For every known
+  class with detections, the cumulative N and E are read at the rank whose recall is closest to r;
+  WI is the ratio of their means over the classes. [1] reports it at r = 0.8.
 
 Boxes are ``(x0, y0, x1, y1)`` with x1, y1 exclusive pixel edges (as :func:`clcourse.data.make_scenes`
 gives them), so IoU is the plain area ratio: the same as VOC's ``+ 1`` on inclusive pixel coordinates.

@@ -15,6 +15,7 @@
 
 from clcourse.data.dense_data import IGNORE_INDEX, DenseData
 from clcourse.data.dense_loader import DenseLoader
+from clcourse.data.detection import DetectionBatch, DetectionBatches, annotations
 from clcourse.data.digits import load_digits
 from clcourse.data.folder import load_folder
 from clcourse.data.image_data import ImageData
@@ -46,6 +47,8 @@ __all__ = [
     "DatasetNotFoundError",
     "DenseData",
     "DenseLoader",
+    "DetectionBatch",
+    "DetectionBatches",
     "FACTOR_NAMES",
     "IGNORE_INDEX",
     "ImageData",
@@ -57,6 +60,7 @@ __all__ = [
     "TEXTURE_NAMES",
     "TwoViews",
     "ViewLoader",
+    "annotations",
     "as_image_data",
     "cifar10",
     "collate_views",

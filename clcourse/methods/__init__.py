@@ -3,6 +3,7 @@
 from clcourse.methods.base import Method, views_and_labels
 from clcourse.methods.moco import MoCo
 from clcourse.methods.nnclr import NNCLR
+from clcourse.methods.ore import ORE
 from clcourse.methods.pcl import PCL
 from clcourse.methods.pcrl import PCRL
 from clcourse.methods.pixel_contrast import PixelContrast
@@ -11,4 +12,4 @@ from clcourse.methods.supcon import SupCon, unlabelled_as_own_class
 from clcourse.methods.swav import SwAV
 from clcourse.methods.triplet import Triplet
 
-__all__ = ["Method", "MoCo", "NNCLR", "PCL", "PCRL", "PixelContrast", "SimCLR", "SupCon", "SwAV", "Triplet", "unlabelled_as_own_class", "views_and_labels"]
+__all__ = ["Method", "MoCo", "NNCLR", "ORE", "PCL", "PCRL", "PixelContrast", "SimCLR", "SupCon", "SwAV", "Triplet", "unlabelled_as_own_class", "views_and_labels"]
