@@ -28,6 +28,7 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson10_pcl,
     lesson11_supcon,
     lesson12_pixel_contrast,
+    lesson13_ore,
     lesson15_pcrl,
 )
 
