@@ -8,7 +8,8 @@ from __future__ import annotations
 import statistics
 
 
-def mean_std(values: list[float], sign: bool = False) -> str:
-    """``"62.5 ± 2.5"`` for a list of figures (one decimal; ``sign``: ``"+0.9 ± 0.6"``); the mean alone for one figure."""
-    mean = f"{statistics.mean(values):+.1f}" if sign else f"{statistics.mean(values):.1f}"
-    return mean + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+def mean_std(values: list[float], sign: bool = False, digits: int = 1) -> str:
+    """``"62.5 ± 2.5"`` for a list of figures (``digits`` decimals, one by default; ``sign``: ``"+0.9 ± 0.6"``); the
+    mean alone for one figure."""
+    mean = f"{statistics.mean(values):+.{digits}f}" if sign else f"{statistics.mean(values):.{digits}f}"
+    return mean + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")

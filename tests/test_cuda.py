@@ -64,3 +64,18 @@ def test_every_method_trains_on_the_gpu_under_autocast(make_method):
     assert next(method.parameters()).device.type == "cuda"
     assert all(math.isfinite(x) for x in history.step_loss)
     assert sum(history.step_loss[-10:]) < sum(history.step_loss[:10]), "the loss should fall over 60 steps"
+
+
+def test_ore_trains_under_autocast_and_detects_from_cpu_images():
+    from clcourse.data import SCENE_CLASSES, DetectionBatches, make_scenes, task_annotations
+    from clcourse.lessons.open_world import evaluate
+    from clcourse.methods import ORE
+
+    scenes = make_scenes(32, 32, seed=0)
+    boxes, labels = task_annotations(scenes.boxes, scenes.box_labels, [1, 2])
+    model = ORE(len(SCENE_CLASSES), [1, 2], 32, clustering_start=1, update_every=1)
+    history = fit(model, DetectionBatches(scenes.images, boxes, labels, 8), steps=4, device="cuda", progress=False)
+    assert all(math.isfinite(loss) for loss in history.step_loss) and model.known.is_cuda
+    found = model.detect(scenes.images[:4])  # CPU images in, CPU detections out
+    assert all(d.boxes.device.type == "cpu" for d in found)
+    assert math.isfinite(evaluate(model, scenes)["wilderness_impact"])

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from clcourse.data import DetectionBatches, annotations, make_scenes
+from clcourse.data import DetectionBatches, make_scenes, task_annotations
 
 
 def test_annotations_keep_only_the_task_classes():
     boxes = [torch.tensor([[0.0, 0, 4, 4], [5, 5, 9, 9], [1, 1, 3, 3]]), torch.zeros(0, 4)]
     labels = [torch.tensor([1, 4, 2]), torch.zeros(0, dtype=torch.long)]
-    kept_boxes, kept_labels = annotations(boxes, labels, [2, 1])
+    kept_boxes, kept_labels = task_annotations(boxes, labels, [2, 1])
     assert kept_labels[0].tolist() == [1, 2] and torch.equal(kept_boxes[0], boxes[0][[0, 2]])
     assert kept_boxes[1].shape == (0, 4) and kept_labels[1].tolist() == []
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clcourse.data import SCENE_CLASSES, make_scenes
-from clcourse.data.detection import DetectionBatch, DetectionBatches, annotations
+from clcourse.data.detection import DetectionBatch, DetectionBatches, task_annotations
 from clcourse.detection_metrics import open_world_metrics
 from clcourse.energy import EnergyIdentifier
 from clcourse.methods.ore import MASKED_LOGIT, ORE, relabel_unknowns
@@ -20,14 +20,14 @@ def small_model(**kwargs) -> ORE:
 
 
 def batch_of(scenes, classes=(1, 2)) -> DetectionBatch:
-    boxes, labels = annotations(scenes.boxes, scenes.box_labels, classes)
+    boxes, labels = task_annotations(scenes.boxes, scenes.box_labels, classes)
     return DetectionBatch(scenes.images, boxes, labels)
 
 
 def test_the_proposals_come_with_their_objectness():
     model = small_model().eval()
     images = make_scenes(3, 32, seed=0).images
-    _, proposals, objectness, losses = model._proposals(images)
+    _, proposals, objectness, losses = model.propose(images)
     assert losses == {} and len(proposals) == len(objectness) == 3
     for boxes, scores in zip(proposals, objectness):
         assert boxes.shape == (len(scores), 4) and 0 < len(scores) <= 64
@@ -139,7 +139,7 @@ def test_it_learns_to_detect_the_known_classes():
     """A few hundred steps on 32-px scenes: the known classes are found well above chance."""
     torch.manual_seed(0)
     train, test = make_scenes(400, 32, seed=0), make_scenes(60, 32, seed=1)
-    boxes, labels = annotations(train.boxes, train.box_labels, [1, 2])
+    boxes, labels = task_annotations(train.boxes, train.box_labels, [1, 2])
     model = ORE(C, [1, 2], 32, channels=32, feature_dim=64)
     fit(model, DetectionBatches(train.images, boxes, labels, 8), steps=250, lr=2e-3, progress=False, device="cpu")
     found = model.detect(test.images)

@@ -15,7 +15,7 @@
 
 from clcourse.data.dense_data import IGNORE_INDEX, DenseData
 from clcourse.data.dense_loader import DenseLoader
-from clcourse.data.detection import DetectionBatch, DetectionBatches, annotations
+from clcourse.data.detection import DetectionBatch, DetectionBatches, task_annotations
 from clcourse.data.digits import load_digits
 from clcourse.data.folder import load_folder
 from clcourse.data.image_data import ImageData
@@ -29,6 +29,7 @@ from clcourse.data.shapes import (
     TEXTURE_NAMES,
     make_shapes,
 )
+from clcourse.data.sharding import ShardedAugment, ShardedLoader, shard_rows
 from clcourse.data.torchvision_sets import (
     DEFAULT_ROOT,
     DatasetNotFoundError,
@@ -37,7 +38,6 @@ from clcourse.data.torchvision_sets import (
     default_root,
     stl10,
 )
-from clcourse.data.sharding import ShardedAugment, ShardedLoader, shard_rows
 from clcourse.data.views import MultiCrop, TwoViews, ViewLoader, collate_views
 
 __all__ = [
@@ -60,7 +60,6 @@ __all__ = [
     "TEXTURE_NAMES",
     "TwoViews",
     "ViewLoader",
-    "annotations",
     "as_image_data",
     "cifar10",
     "collate_views",
@@ -72,4 +71,5 @@ __all__ = [
     "make_shapes",
     "shard_rows",
     "stl10",
+    "task_annotations",
 ]

@@ -1,6 +1,6 @@
 """Batches for detection: images with the boxes and classes of their annotated objects.
 
-An open-world task annotates only its own classes (:func:`annotations`); every other object stays in the
+An open-world task annotates only its own classes (:func:`task_annotations`); every other object stays in the
 pictures, unlabelled, as in the task splits of ORE [1]. :class:`DetectionBatches` feeds them to
 :func:`clcourse.train.fit`.
 
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from clcourse.checks import shape_of
 
-__all__ = ["DetectionBatch", "DetectionBatches", "annotations"]
+__all__ = ["DetectionBatch", "DetectionBatches", "task_annotations"]
 
 
 @dataclass
@@ -33,7 +33,7 @@ class DetectionBatch:
         return len(self.images)
 
 
-def annotations(boxes: Sequence[Tensor], labels: Sequence[Tensor], classes: Sequence[int]
+def task_annotations(boxes: Sequence[Tensor], labels: Sequence[Tensor], classes: Sequence[int]
                 ) -> tuple[list[Tensor], list[Tensor]]:
     """Keep only the annotations of ``classes``: what a task's training set labels, every other object unlabelled.
 

@@ -115,6 +115,12 @@ LESSON_COSTS: dict[str, LessonCost] = {
         faster="`steps` (400) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`, or `clcourse train pixel-contrast`",
     ),
+    "13": LessonCost(
+        "ORE", 115,
+        full="the closed-set detector and ORE on 2,000 scenes, 3,200 task-1 steps each",
+        faster="`steps` (800): weaker detectors, noisier figures",
+        fuller="more `steps`, or `benchmarks/bench_ore_lesson.py` for the three seeds",
+    ),
     "15": LessonCost(
         "PCRL", 123,
         full="PCRL on 20,000 unlabelled slices, 3,000 pre-training and 1,000 fine-tuning steps per run",

@@ -194,8 +194,12 @@ class ORE(Method):
             got = f"{images.dtype} {shape_of(images)}" if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be float [B, 3, {s}, {s}] in [0, 1], got {got}")
 
-    def _proposals(self, images: Tensor, targets=None):
-        """Backbone features [B, channels, S/4, S/4], per image proposals [P_i, 4] and objectness [P_i], RPN losses."""
+    def propose(self, images: Tensor, boxes: Sequence[Tensor] | None = None):
+        """The first stage on images [B, 3, S, S]: returns the backbone's map [B, channels, S/4, S/4], per image the
+        proposals [P_i, 4] with their objectness [P_i] (a probability), and the RPN's losses against the annotated
+        ``boxes`` (per image [n_i, 4]) in training mode ({} in eval mode). Training mode keeps
+        ``proposals_train`` per image, eval mode ``proposals_test``."""
+        targets = None if boxes is None else [{"boxes": b.to(images.dtype)} for b in boxes]
         feature_map = self.encoder((images - 0.5) / 0.25)
         image_list = ImageList(images, [tuple(images.shape[-2:])] * len(images))
         boxes, scores, losses = self.rpn(image_list, {"0": feature_map}, targets)
@@ -213,13 +217,16 @@ class ORE(Method):
     @torch.no_grad()
     def describe_boxes(self, images: Tensor, boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """The RoI features [R, F] and logits [R, C + 1] of given boxes (per image [R_i, 4]), in eval mode: what the
-        energy identifier is fitted on and what an embedding view shows."""
+        energy identifier is fitted on and what an embedding view shows. Computed on the model's device, returned
+        on the images'."""
         self._check_images(images)
+        device = self.known.device
         was_training = self.training
         self.eval()
-        features, logits, _ = self.roi_head(self.encoder((images - 0.5) / 0.25), list(boxes))
+        feature_map = self.encoder((images.to(device) - 0.5) / 0.25)
+        features, logits, _ = self.roi_head(feature_map, [b.to(device) for b in boxes])
         self.train(was_training)
-        return features, logits
+        return features.float().to(images.device), logits.float().to(images.device)
 
     # --- training -----------------------------------------------------------------------------------------------
 
@@ -238,9 +245,8 @@ class ORE(Method):
         for labels in batch.labels:
             if len(labels) and not self.known[labels].all():
                 raise ValueError(f"annotations must be of known classes {self.known_classes} (a task's training set "
-                                 f"labels only its classes; see annotations()), got labels {labels.tolist()}")
-        targets = [{"boxes": b.to(images.dtype), "labels": lab} for b, lab in zip(batch.boxes, batch.labels)]
-        feature_map, proposals, objectness, losses = self._proposals(images, targets)
+                                 f"labels only its classes; see task_annotations()), got labels {labels.tolist()}")
+        feature_map, proposals, objectness, losses = self.propose(images, batch.boxes)
 
         rois, roi_labels, roi_targets = self.sample_rois(proposals, objectness, batch.boxes, batch.labels)
         features, logits, deltas = self.roi_head(feature_map, rois)
@@ -316,11 +322,13 @@ class ORE(Method):
                max_detections: int = 20) -> list[Detections]:
         """Detections of images [B, 3, S, S]: every proposal's box refined, scored for each active class but the
         background (softmax), kept above ``score_threshold``, non-maximum suppression per class, the best
-        ``max_detections`` per image (Faster R-CNN's post-processing)."""
+        ``max_detections`` per image (Faster R-CNN's post-processing). Computed on the model's device, returned on
+        the images'."""
         self._check_images(images)
+        home, images = images.device, images.to(self.known.device)
         was_training = self.training
         self.eval()
-        feature_map, proposals, _, _ = self._proposals(images)
+        feature_map, proposals, _, _ = self.propose(images)
         features, logits, deltas = self.roi_head(feature_map, proposals)
         self.train(was_training)
         boxes = self.box_coder.decode_single(deltas, torch.cat(proposals))
@@ -335,13 +343,14 @@ class ORE(Method):
             row = rows[row]
             label, score = classes[column], probabilities[row, classes[column]]
             keep = batched_nms(boxes[row], score, label, nms_threshold)[:max_detections]
-            results.append(Detections(boxes[row[keep]], score[keep], label[keep], logits[row[keep]],
-                                      features[row[keep]]))
+            kept = row[keep]
+            results.append(Detections(*(t.to(home) for t in (boxes[kept], score[keep], label[keep], logits[kept],
+                                                                features[kept]))))
         return results
 
     def known_logits(self, logits: Tensor) -> Tensor:
         """The known classes' columns of logits [N, C + 1]: what the free energy is computed over."""
-        return logits[:, self.known]
+        return logits[:, self.known.to(logits.device)]
 
 
 def relabel_unknowns(detections: Sequence[Detections], identifier: EnergyIdentifier, model: ORE) -> list[Detections]:
@@ -369,7 +378,7 @@ def fit_unknown_identifier(model: ORE, images: Tensor, boxes: Sequence[Tensor], 
     [n_i]), split by whether the class is known. The unknown labels are supervision the detector never trained
     on, the paper's set-up (section 4.3)."""
     _, logits = model.describe_boxes(images, boxes)
-    is_known = model.known[torch.cat(list(labels)).to(logits.device)]
+    is_known = model.known.to(logits.device)[torch.cat(list(labels)).to(logits.device)]
     if is_known.all() or not is_known.any():
         raise ValueError("the held-out objects must include known and unknown classes to fit both Weibulls")
     known_logits = model.known_logits(logits)
