@@ -13,12 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
-from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
+from wrong_answers import (
+    assert_covers,
+    assert_rejected_with_hint,
+    assert_solution_passes_and_student_hides_it,
+    each_wrong_answer,
+)
 
 from clcourse import detection_metrics, losses
-from clcourse.device import torch_threads
 from clcourse.grading import evaluate, tasks
-from clcourse.grading.build import BEGIN, STUB, render, student_notebook
 from clcourse.grading.harness import call_plain, first_difference
 from clcourse.grading.lesson13_ore import (
     _CLUSTERING_MISTAKES,
@@ -326,22 +329,8 @@ def test_correct_answers_pass(task_id, answer):
 
 
 def test_the_solution_notebook_passes_and_the_student_notebook_holds_no_solution():
-    source = EXERCISES / "source" / "13_ore.ipynb"
-    nb = nbformat.read(source, as_version=4)
-    assert nb.metadata["clcourse"]["lesson"] == "13"
-    checked, namespace = {}, {}
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            with torch_threads(1):
-                exec(cell.source, namespace)  # noqa: S102 - our own notebook
-            namespace["check"] = lambda task_id, answer: checked.setdefault(task_id, answer)
-    assert sorted(checked) == ["13.clustering", "13.wilderness"]
-    for task_id, answer in checked.items():
-        assert evaluate(task_id, answer).passed
-    student = (EXERCISES / "13_ore.ipynb").read_text(encoding="utf-8")
-    assert student == render(student_notebook(nb, source.name))
-    assert BEGIN not in student and student.count(STUB.replace('"', '\\"')) == 2
-    assert "torch.cdist(features, prototypes)  #" not in student and "a_ose = 3" not in student
+    assert_solution_passes_and_student_hides_it("13_ore.ipynb", "13", ["13.clustering", "13.wilderness"],
+                                                ["torch.cdist(features, prototypes)  #", "a_ose = 3"])
 
 
 def test_a_graded_submission_cannot_call_detection_metrics_in_the_worker(tmp_path):

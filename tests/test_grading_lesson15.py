@@ -3,16 +3,19 @@
 import sys
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from wrong_answers import assert_covers, assert_rejected_with_hint, each_wrong_answer
+from wrong_answers import (
+    assert_covers,
+    assert_rejected_with_hint,
+    assert_solution_passes_and_student_hides_it,
+    each_wrong_answer,
+)
 
 from clcourse.device import torch_threads
 from clcourse.grading import evaluate, tasks
-from clcourse.grading.build import BEGIN, STUB, render, student_notebook
 from clcourse.grading.harness import call_plain, first_difference
 from clcourse.grading.lesson15_pcrl import (
     _DIHEDRAL_MISTAKES,
@@ -219,22 +222,8 @@ def test_correct_answers_pass(task_id, answer):
 
 
 def test_the_solution_notebook_passes_and_the_student_notebook_holds_no_solution():
-    source = EXERCISES / "source" / "15_pcrl.ipynb"
-    nb = nbformat.read(source, as_version=4)
-    assert nb.metadata["clcourse"]["lesson"] == "15"
-    checked, namespace = {}, {}
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            with torch_threads(1):
-                exec(cell.source, namespace)  # noqa: S102 - our own notebook
-            namespace["check"] = lambda task_id, answer: checked.setdefault(task_id, answer)
-    assert sorted(checked) == ["15.dihedral", "15.hybrid"]
-    for task_id, answer in checked.items():
-        assert evaluate(task_id, answer).passed
-    student = (EXERCISES / "15_pcrl.ipynb").read_text(encoding="utf-8")
-    assert student == render(student_notebook(nb, source.name))
-    assert BEGIN not in student and student.count(STUB.replace('"', '\\"')) == 2
-    assert "max(u, 1 - u)  #" not in student and "(k + 2 * int(flip_rows)) % 4" not in student
+    assert_solution_passes_and_student_hides_it("15_pcrl.ipynb", "15", ["15.dihedral", "15.hybrid"],
+                                                ["max(u, 1 - u)  #", "(k + 2 * int(flip_rows)) % 4"])
 
 
 # --- typical wrong answers: each must fail with a hint naming the mistake --------------------

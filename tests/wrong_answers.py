@@ -3,9 +3,16 @@
 Each test module lists ``WRONG = {task_id: [(answer, text the hint must contain), ...]}``.
 """
 
+from pathlib import Path
+
+import nbformat
 import pytest
 
+from clcourse.device import torch_threads
 from clcourse.grading import evaluate
+from clcourse.grading.build import BEGIN, STUB, render, student_notebook
+
+EXERCISES = Path(__file__).parent.parent / "exercises"
 
 
 def assert_covers(wrong: dict, tasks) -> None:
@@ -26,3 +33,25 @@ def assert_rejected_with_hint(task_id: str, answer, mistake: str) -> None:
     assert result.status == "failed" and result.points == 0
     assert result.case, "the failing input must be named"
     assert mistake in result.hint + result.problem, result.message
+
+
+def assert_solution_passes_and_student_hides_it(name: str, lesson: str, task_ids: list[str], leaks: list[str]) -> None:
+    """The solution notebook ``exercises/source/<name>`` runs top to bottom and each of its check cells passes; the
+    committed student notebook equals a fresh build, holds one stub per task and none of the ``leaks`` (lines of the
+    solutions)."""
+    source = EXERCISES / "source" / name
+    nb = nbformat.read(source, as_version=4)
+    assert nb.metadata["clcourse"]["lesson"] == lesson
+    checked, namespace = {}, {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            with torch_threads(1):
+                exec(cell.source, namespace)  # noqa: S102 - our own notebook
+            namespace["check"] = lambda task_id, answer: checked.setdefault(task_id, answer)
+    assert sorted(checked) == sorted(task_ids)
+    for task_id, answer in checked.items():
+        assert evaluate(task_id, answer).passed, task_id
+    student = (EXERCISES / name).read_text(encoding="utf-8")
+    assert student == render(student_notebook(nb, source.name))
+    assert BEGIN not in student and student.count(STUB.replace('"', '\\"')) == len(task_ids)
+    assert not [leak for leak in leaks if leak in student]
