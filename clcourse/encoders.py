@@ -10,6 +10,9 @@ methods such as NNCLR and BYOL.
 [1] Chen et al., A Simple Framework for Contrastive Learning of Visual
     Representations (SimCLR), ICML 2020.
 [2] He et al., Deep Residual Learning for Image Recognition, CVPR 2016.
+[3] Yarats et al., Improving Sample Efficiency in Model-Free Reinforcement Learning from Images (SAC-AE), AAAI 2021;
+    the pixel encoder that CURL [4] reuses.
+[4] Srinivas, Laskin et al., CURL: Contrastive Unsupervised Representations for Reinforcement Learning, ICML 2020.
 """
 
 from __future__ import annotations
@@ -104,6 +107,42 @@ class ResNet18(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.in_channels)
         return self.net(x)
+
+
+class PixelEncoder(nn.Module):
+    """The pixel encoder of SAC-AE [3] and CURL [4]: convolutions that keep the layout, then a normalised code.
+
+    ``layers`` 3 x 3 convolutions of ``filters`` channels with ReLU (the first of stride 2, the others 1; no
+    pooling, so the code still knows where things are), a linear layer to ``out_dim``, LayerNorm and tanh.
+
+    Args:
+        in_channels: the stacked frames' channels (3 per RGB frame).
+        size: the input's side S (the crop fed to it).
+        out_dim: size of the code (CURL: 50).
+        layers, filters: depth and width (CURL: 4 and 32).
+
+    Shapes: float [B, in_channels, S, S] in [0, 1] -> [B, out_dim] in (-1, 1).
+    """
+
+    def __init__(self, in_channels: int, size: int, out_dim: int = 50, layers: int = 4, filters: int = 32):
+        super().__init__()
+        if layers < 1 or size < 3 + 2 * layers:
+            raise ValueError(f"need layers >= 1 and size >= {3 + 2 * max(layers, 1)} for {layers} 3 x 3 convolutions, "
+                             f"got layers={layers}, size={size}")
+        self.in_channels, self.size, self.out_dim = in_channels, size, out_dim
+        convs = [nn.Conv2d(in_channels, filters, 3, stride=2), nn.ReLU()]
+        for _ in range(layers - 1):
+            convs += [nn.Conv2d(filters, filters, 3, stride=1), nn.ReLU()]
+        self.convs = nn.Sequential(*convs, nn.Flatten())
+        side = (size - 3) // 2 + 1 - 2 * (layers - 1)
+        self.fc = nn.Linear(filters * side * side, out_dim)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1:] != (self.in_channels, self.size, self.size):
+            raise ValueError(f"PixelEncoder expects [B, {self.in_channels}, {self.size}, {self.size}] floats in "
+                             f"[0, 1], got {list(x.shape)}")
+        return torch.tanh(self.norm(self.fc(self.convs(x))))
 
 
 def resnet18_cifar(in_channels: int = 3) -> ResNet18:

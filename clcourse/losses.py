@@ -29,6 +29,8 @@ References
 [13] Wang et al., Pixel contrast, 2021. "Exploring Cross-Image Pixel Contrast for Semantic Segmentation",
     ICCV.
 [14] Joseph et al., ORE, 2021. "Towards Open World Object Detection", CVPR.
+[15] Srinivas, Laskin et al., CURL, 2020. "CURL: Contrastive Unsupervised Representations for Reinforcement
+    Learning", ICML.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ __all__ = [
     "supcon_anchor_losses",
     "pixel_contrast",
     "contrastive_clustering",
+    "bilinear_info_nce",
     "swapped_prediction",
     "alignment",
     "uniformity",
@@ -941,6 +944,34 @@ def contrastive_clustering(features: Tensor, labels: Tensor, prototypes: Tensor,
     own = F.one_hot(labels.long(), c).bool()
     terms = torch.where(own, distances, (margin - distances).clamp_min(0.0))
     return (terms * valid.to(dtype)).sum(dim=1).mean()
+
+
+def bilinear_info_nce(queries: Tensor, keys: Tensor, weight: Tensor) -> Tensor:
+    """CURL's contrastive loss [15]: InfoNCE [2] with the bilinear similarity q_i^T W k_j, the batch's other keys
+    as the negatives.
+
+    Shapes: queries, keys [N, D] (row i of each from two crops of the same observation), weight W [D, D]; returns
+    a scalar,
+
+        l_i = -log( exp(q_i^T W k_i) / sum_j exp(q_i^T W k_j) ),   L = mean over the N queries.
+
+    Nothing is normalised and there is no temperature: W learns the scale. CURL's keys come from the momentum
+    encoder: pass them detached. Each row's maximum is subtracted before the softmax, as CURL's code does (the
+    loss is unchanged; exp cannot overflow). W = 0 gives log N.
+    """
+    check_tensor("queries", queries, "[N, D]")
+    check_tensor("keys", keys, "[N, D]")
+    if queries.shape != keys.shape or queries.shape[0] < 2:
+        raise ValueError(f"queries and keys must both be [N, D] with N >= 2 (the batch's other keys are the "
+                         f"negatives), got {shape_of(queries)} and {shape_of(keys)}")
+    d = queries.shape[1]
+    if not isinstance(weight, Tensor) or weight.shape != (d, d):
+        got = shape_of(weight) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a [{d}, {d}] tensor (the bilinear W), got {got}")
+    dtype = torch.promote_types(queries.dtype, torch.float32)
+    logits = queries.to(dtype) @ weight.to(dtype) @ keys.to(dtype).t()  # [N, N]
+    logits = logits - logits.amax(dim=1, keepdim=True).detach()
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
 def swapped_prediction(scores: list[Tensor], codes: list[Tensor], temperature: float = 0.1) -> Tensor:
