@@ -238,6 +238,61 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_rl_command(subparsers) -> None:
+    """``clcourse rl AGENT [--layout ID] [--steps N] [--seed N]``: train a pixel agent (CURL or a baseline)."""
+    from clcourse.agents import AGENT_KINDS
+
+    parser = subparsers.add_parser(
+        "rl", help="train a DQN agent from pixels in a MiniGrid layout: with CURL, with crops alone, or plain",
+        description="Train a DQN agent on stacked RGB frames of a MiniGrid layout (clcourse.envs.PixelGrid) for a "
+                    "number of environment steps: 'curl' adds CURL's contrastive loss on the agent's encoder and "
+                    "trains on random crops, 'crops' trains on random crops alone, 'dqn' on whole frames. "
+                    "Evaluates the greedy policy every --eval-every steps. Writes DIR/last.pt (the agent) and "
+                    "DIR/metrics.json (the settings, the training episodes' returns and the evaluation curve).")
+    parser.add_argument("agent", choices=list(AGENT_KINDS), metavar="AGENT", help=f"one of {', '.join(AGENT_KINDS)}")
+    parser.add_argument("--layout", default="MiniGrid-Empty-Random-6x6-v0", metavar="ID",
+                        help="a MiniGrid id (default: MiniGrid-Empty-Random-6x6-v0)")
+    parser.add_argument("--steps", type=int, default=4000, metavar="N", help="environment steps (default: 4000)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="default: 0")
+    parser.add_argument("--tile-size", type=int, default=4, metavar="PX", help="pixels per grid cell (default: 4)")
+    parser.add_argument("--frames", type=int, default=3, metavar="N", help="frames stacked (default: 3)")
+    parser.add_argument("--distractors", action="store_true", help="paint the floor with drifting squares")
+    parser.add_argument("--eval-every", type=int, default=500, metavar="N", help="default: 500")
+    parser.add_argument("--device", metavar="DEV", help="cpu, cuda, mps (default: the best available)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="default: runs/rl-AGENT-LAYOUT-seedN")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar (default: yes)")
+    parser.set_defaults(func=run_rl)
+
+
+def run_rl(args: argparse.Namespace) -> int:
+    """Train the agent (:func:`clcourse.agents.train_agent`) and write its run folder; 2 for bad input."""
+    import dataclasses
+    import json
+
+    from clcourse.agents import make_agent, train_agent
+    from clcourse.device import get_device
+    from clcourse.envs import PixelGrid
+
+    out = args.out or Path("runs") / f"rl-{args.agent}-{args.layout}-seed{args.seed}"
+    try:
+        def env():
+            return PixelGrid(args.layout, tile_size=args.tile_size, frames=args.frames, distractors=args.distractors)
+
+        train_env = env()
+        agent = make_agent(args.agent, train_env, args.seed).to(get_device(args.device))
+        out.mkdir(parents=True, exist_ok=True)
+        run = train_agent(agent, train_env, args.steps, seed=args.seed, eval_env=env(), eval_every=args.eval_every,
+                          checkpoint=out / "last.pt", progress=args.progress)
+    except ValueError as exc:
+        return _fail("rl", str(exc))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    (out / "metrics.json").write_text(json.dumps({"settings": settings, **dataclasses.asdict(run)}, indent=1))
+    final = f"{run.eval_returns[-1]:.3f}" if run.eval_returns else "not evaluated"
+    print(f"wrote {out}/last.pt and {out}/metrics.json; greedy return at the end: {final}")
+    return 0
+
+
 def add_embed_command(subparsers) -> None:
     """``clcourse embed RUN --out FILE [--data NAME] [--split train|test]``."""
     parser = subparsers.add_parser(
@@ -457,8 +512,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = (add_lab_command, add_grade_command, add_exercises_command, add_train_command, add_embed_command,
-            add_doctor_command)
+COMMANDS = (add_lab_command, add_grade_command, add_exercises_command, add_train_command, add_rl_command,
+            add_embed_command, add_doctor_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ def train(out, *args):
 def test_python_dash_m_help_lists_the_commands():
     result = subprocess.run([sys.executable, "-m", "clcourse", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for command in ("lab", "train", "embed", "doctor", "grade", "exercises"):
+    for command in ("lab", "train", "rl", "embed", "doctor", "grade", "exercises"):
         assert command in result.stdout
 
 
@@ -182,3 +182,15 @@ def test_lab_seeds_the_workspace_prints_the_lesson_url_and_starts_jupyterlab(tmp
     assert overrides["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
     assert overrides["@jupyterlab/apputils-extension:kernels-settings"]["commsOverSubshells"] == "disabled"
     assert cli.main(["lab", "--workspace", str(tmp_path / "work"), "--lesson", "99_nothing"]) == 2
+
+
+def test_rl_trains_an_agent_and_writes_its_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = cli.main(["rl", "curl", "--layout", "MiniGrid-Empty-5x5-v0", "--steps", "60", "--eval-every", "30",
+                   "--out", str(out), "--no-progress", "--device", "cpu"])
+    assert status == 0 and (out / "last.pt").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_steps"] == [30, 60] and metrics["settings"]["agent"] == "curl"
+    assert "greedy return at the end" in capsys.readouterr().out
+    assert cli.main(["rl", "dqn", "--layout", "MiniGrid-Nowhere-v0", "--steps", "10", "--out", str(tmp_path / "x")]) == 2
+    assert "registered MiniGrid id" in capsys.readouterr().err

@@ -1,0 +1,240 @@
+"""A DQN agent that learns from pixels, with CURL's contrastive task on its encoder, and the loop that trains it.
+
+DQN [1] learns Q(s, a), the return expected after action a in state s, by regressing Q towards
+r + gamma max_a' Q_target(s', a') on transitions drawn from a replay buffer, with a slowly updated copy of the
+network as the target. From pixels, the encoder that turns frames into a state is learnt from that regression
+alone. CURL [2] adds its contrastive loss on the same encoder (:class:`clcourse.methods.curl.CURL`); the agent's
+own update then sees random crops too, as in CURL; crops without the contrastive loss are the augmentation
+alone (RAD [3], the ablation later work asked for). The three agents differ only in ``crop`` and ``curl``.
+
+This loop is not :func:`clcourse.train.fit`: the data are not a dataset but what the agent meets while acting.
+It reuses the package's encoder (:class:`clcourse.encoders.PixelEncoder`), loss, crops, checkpoints
+(:func:`clcourse.train.save_checkpoint`) and progress bars.
+
+[1] Mnih et al., Human-level control through deep reinforcement learning (DQN), Nature 2015.
+[2] Srinivas, Laskin et al., CURL: Contrastive Unsupervised Representations for Reinforcement Learning, ICML 2020.
+[3] Laskin et al., Reinforcement Learning with Augmented Data (RAD), NeurIPS 2020.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from clcourse.encoders import PixelEncoder
+from clcourse.methods.curl import CURL, center_crop, random_crop, to_unit
+from clcourse.train import save_checkpoint
+
+__all__ = ["AGENT_KINDS", "AgentRun", "DQNAgent", "ReplayBuffer", "evaluate_agent", "make_agent", "train_agent"]
+
+# The three agents compared: DQN on whole frames, on random crops, and with CURL (crops and the contrastive loss).
+AGENT_KINDS = {"dqn": dict(crops=False, curl=False), "crops": dict(crops=True, curl=False),
+               "curl": dict(crops=True, curl=True)}
+
+
+class ReplayBuffer:
+    """The last ``capacity`` transitions, observations stored as uint8.
+
+    ``add(obs, action, reward, next_obs, terminated)`` with observations uint8 [C, H, W]; ``sample(n, generator)``
+    returns a dict of tensors drawn uniformly with replacement: ``obs``, ``next_obs`` uint8 [n, C, H, W],
+    ``action`` int64 [n], ``reward`` float32 [n], ``done`` float32 [n] (1 where the episode terminated: no
+    bootstrapping past it; a time limit is not a termination).
+    """
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...]):
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive int, got {capacity!r}")
+        self.obs = np.zeros((capacity, *obs_shape), dtype=np.uint8)
+        self.next_obs = np.zeros_like(self.obs)
+        self.action = np.zeros(capacity, dtype=np.int64)
+        self.reward = np.zeros(capacity, dtype=np.float32)
+        self.done = np.zeros(capacity, dtype=np.float32)
+        self.capacity, self.size, self._next = capacity, 0, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool) -> None:
+        i = self._next
+        self.obs[i], self.next_obs[i] = obs, next_obs
+        self.action[i], self.reward[i], self.done[i] = action, reward, float(terminated)
+        self._next, self.size = (i + 1) % self.capacity, min(self.size + 1, self.capacity)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        if n < 1 or self.size == 0:
+            raise ValueError(f"cannot sample {n} transitions from a buffer holding {self.size}")
+        rows = torch.randint(0, self.size, (n,), generator=generator).numpy()
+        return {"obs": torch.from_numpy(self.obs[rows]), "next_obs": torch.from_numpy(self.next_obs[rows]),
+                "action": torch.from_numpy(self.action[rows]), "reward": torch.from_numpy(self.reward[rows]),
+                "done": torch.from_numpy(self.done[rows])}
+
+
+class DQNAgent(nn.Module):
+    """DQN [1] on pixels, optionally with crops and CURL's contrastive loss [2] on its encoder (module docstring).
+
+    Args:
+        obs_shape: (C, H, W) of the observations (uint8).
+        actions: the number of discrete actions.
+        crop: side of the random crops the updates see (the agent acts on the central crop); None: whole frames.
+        curl: add CURL's contrastive loss (needs ``crop``), weighted ``curl_weight``.
+        feature_dim, layers, filters: the :class:`PixelEncoder`'s code size, depth and width.
+        gamma: the discount; lr: Adam's learning rate for everything; target_tau: the target network's Polyak
+            step after each update; curl_momentum: the key encoder's momentum.
+        generator: CPU generator of the crops and the replay samples.
+
+    ``forward(obs)`` gives Q-values [B, actions] of uint8 observations [B, C, H, W].
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], actions: int, *, crop: int | None = None, curl: bool = False,
+                 curl_weight: float = 1.0, feature_dim: int = 50, layers: int = 2, filters: int = 32,
+                 hidden: int = 128, gamma: float = 0.99, lr: float = 1e-3, target_tau: float = 0.01,
+                 curl_momentum: float = 0.95, generator: torch.Generator | None = None):
+        super().__init__()
+        channels, height, width = obs_shape
+        if curl and crop is None:
+            raise ValueError("curl=True needs crop: CURL's anchor and positive are two random crops")
+        if crop is not None and not 1 <= crop <= min(height, width):
+            raise ValueError(f"crop must be in [1, {min(height, width)}] (the frames' side), got {crop}")
+        self.obs_shape, self.actions, self.crop = tuple(obs_shape), actions, crop
+        self.gamma, self.target_tau, self.curl_weight = gamma, target_tau, curl_weight
+        side = crop or height
+        self.encoder = PixelEncoder(channels, side, feature_dim, layers, filters)
+        self.head = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, actions))
+        self.target = copy.deepcopy(nn.ModuleDict({"encoder": self.encoder, "head": self.head})).requires_grad_(False)
+        self.curl = CURL(self.encoder, crop, curl_momentum, generator) if curl else None
+        self.generator = generator
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+
+    def _view(self, frames: Tensor, train: bool) -> Tensor:
+        frames = to_unit(frames)
+        if self.crop is None:
+            return frames
+        return random_crop(frames, self.crop, self.generator) if train else center_crop(frames, self.crop)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.head(self.encoder(self._view(obs, train=False)))
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
+        """epsilon-greedy: a random action with probability epsilon, else the argmax of Q at the observation."""
+        if rng.random() < epsilon:
+            return int(rng.integers(self.actions))
+        device = next(self.parameters()).device
+        return int(self(torch.from_numpy(obs)[None].to(device)).argmax(dim=1))
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One gradient step on a replay batch: the TD loss (Huber) and, with CURL, its contrastive loss; then the
+        key encoder's and the target's moving averages. Returns the losses."""
+        device = next(self.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        q = self.head(self.encoder(self._view(batch["obs"], train=True)))
+        q = q.gather(1, batch["action"][:, None]).squeeze(1)
+        with torch.no_grad():
+            following = self.target["head"](self.target["encoder"](self._view(batch["next_obs"], train=True)))
+            target = batch["reward"] + self.gamma * (1 - batch["done"]) * following.amax(dim=1)
+        losses = {"td": F.smooth_l1_loss(q, target)}
+        if self.curl is not None:
+            losses["curl"] = self.curl_weight * self.curl.training_step(batch["obs"])
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        self.optimizer.step()
+        if self.curl is not None:
+            self.curl.on_step_end()
+        with torch.no_grad():
+            online = list(self.encoder.parameters()) + list(self.head.parameters())
+            for target_p, online_p in zip(self.target.parameters(), online):
+                target_p.lerp_(online_p, self.target_tau)
+        return {name: value.item() for name, value in losses.items()}
+
+
+def make_agent(kind: str, env: gym.Env, seed: int = 0, crop_margin: int | None = None, **settings) -> DQNAgent:
+    """An agent of ``AGENT_KINDS[kind]`` for ``env``'s observations and actions, its weights and crops seeded.
+
+    Crops are ``crop_margin`` pixels smaller than the frames (default: an eighth of their side, as CURL's 84 of
+    100), so a crop moves the picture by up to that many pixels. ``settings`` go to :class:`DQNAgent`.
+    """
+    if kind not in AGENT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(AGENT_KINDS)}, got {kind!r}")
+    shape = env.observation_space.shape
+    margin = max(1, shape[-1] // 8) if crop_margin is None else crop_margin
+    torch.manual_seed(seed)
+    crop = shape[-1] - margin if AGENT_KINDS[kind]["crops"] else None
+    return DQNAgent(shape, int(env.action_space.n), crop=crop, curl=AGENT_KINDS[kind]["curl"],
+                    generator=torch.Generator().manual_seed(seed), **settings)
+
+
+@dataclass
+class AgentRun:
+    """What :func:`train_agent` recorded: per finished training episode its last environment step and return; per
+    evaluation the environment step and the mean greedy return; per update the losses."""
+
+    episode_steps: list[int] = field(default_factory=list)
+    episode_returns: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_returns: list[float] = field(default_factory=list)
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate_agent(agent: DQNAgent, env: gym.Env, episodes: int, seed: int, epsilon: float = 0.0) -> float:
+    """Mean return of ``episodes`` episodes acting (epsilon-)greedily, the environment seeded ``seed``,
+    ``seed + 1``, ..."""
+    rng, total = np.random.default_rng(seed), 0.0
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, epsilon, rng))
+            total += reward
+            done = terminated or truncated
+    return total / episodes
+
+
+def train_agent(agent: DQNAgent, env: gym.Env, steps: int, *, seed: int = 0, eval_env: gym.Env | None = None,
+                eval_every: int = 500, eval_episodes: int = 10, buffer_size: int = 10_000, batch_size: int = 32,
+                warmup: int = 500, epsilon_start: float = 1.0, epsilon_end: float = 0.05,
+                epsilon_fraction: float = 0.5, checkpoint: str | Path | None = None,
+                progress: bool = True) -> AgentRun:
+    """Act in ``env`` for ``steps`` environment steps, epsilon-greedy (epsilon falling linearly from
+    ``epsilon_start`` to ``epsilon_end`` over the first ``epsilon_fraction`` of the steps), one update per step
+    after ``warmup`` random steps, and every ``eval_every`` steps the mean greedy return over ``eval_episodes``
+    episodes of ``eval_env``. The step budget, not the time, fixes a run. ``checkpoint``: where the agent's weights
+    go at the end. Returns the :class:`AgentRun`.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if batch_size < 2 or warmup < batch_size:
+        raise ValueError(f"need batch_size >= 2 and warmup >= batch_size, got {batch_size} and {warmup}")
+    rng, run = np.random.default_rng(seed), AgentRun()
+    buffer = ReplayBuffer(buffer_size, env.observation_space.shape)
+    obs, _ = env.reset(seed=seed)
+    episode_return, episode = 0.0, 0
+    for step in tqdm(range(1, steps + 1), desc="env steps", disable=not progress, leave=False):
+        epsilon = max(epsilon_end, epsilon_start - (epsilon_start - epsilon_end) * step / (epsilon_fraction * steps))
+        action = int(rng.integers(agent.actions)) if step <= warmup else agent.act(obs, epsilon, rng)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        buffer.add(obs, action, reward, next_obs, terminated)
+        episode_return += reward
+        obs = next_obs
+        if terminated or truncated:
+            run.episode_steps.append(step)
+            run.episode_returns.append(episode_return)
+            episode += 1
+            obs, _ = env.reset(seed=seed + 1000 * episode)
+            episode_return = 0.0
+        if step > warmup:
+            run.losses.append(agent.update(buffer.sample(batch_size, agent.generator)))
+        if eval_env is not None and step % eval_every == 0:
+            run.eval_steps.append(step)
+            run.eval_returns.append(evaluate_agent(agent, eval_env, eval_episodes, seed=10_000 + seed))
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, {"agent": agent.state_dict(), "steps": steps})
+    return run

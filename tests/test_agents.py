@@ -1,0 +1,67 @@
+"""The DQN agent and its loop: the replay buffer, the TD target, CURL on the shared encoder, a short run."""
+
+import numpy as np
+import pytest
+import torch
+
+from clcourse.agents import DQNAgent, ReplayBuffer, evaluate_agent, train_agent
+from clcourse.envs import PixelGrid
+
+
+def test_the_buffer_keeps_the_last_transitions_and_samples_them():
+    buffer = ReplayBuffer(3, (1, 2, 2))
+    for i in range(5):
+        buffer.add(np.full((1, 2, 2), i, np.uint8), i, float(i), np.full((1, 2, 2), i + 1, np.uint8), i == 4)
+    assert len(buffer) == 3 and sorted(buffer.action.tolist()) == [2, 3, 4]
+    batch = buffer.sample(50, torch.Generator().manual_seed(0))
+    assert set(batch["action"].tolist()) == {2, 3, 4}
+    assert torch.equal(batch["next_obs"][:, 0, 0, 0].long(), batch["action"] + 1)
+    assert torch.equal(batch["done"], (batch["action"] == 4).float())
+    with pytest.raises(ValueError, match="cannot sample 4 transitions from a buffer holding 0"):
+        ReplayBuffer(3, (1, 2, 2)).sample(4)
+
+
+def test_the_td_target_stops_at_a_termination():
+    torch.manual_seed(0)
+    agent = DQNAgent((3, 10, 10), 2, feature_dim=8, layers=1, filters=4, hidden=8, gamma=0.5, lr=0.0)
+    obs = torch.randint(0, 256, (4, 3, 10, 10), dtype=torch.uint8)
+    batch = {"obs": obs, "next_obs": obs.flip(0), "action": torch.tensor([0, 1, 0, 1]),
+             "reward": torch.tensor([1.0, 0.0, 2.0, 0.0]), "done": torch.tensor([1.0, 0.0, 0.0, 1.0])}
+    with torch.no_grad():
+        q = agent(obs).gather(1, batch["action"][:, None]).squeeze(1)
+        best_next = agent(obs.flip(0)).amax(dim=1)  # the target starts as a copy
+    target = batch["reward"] + 0.5 * (1 - batch["done"]) * best_next
+    losses = agent.update(batch)  # lr 0: nothing moves, the loss is the Huber of q - target
+    assert losses["td"] == pytest.approx(torch.nn.functional.smooth_l1_loss(q, target).item(), rel=1e-5)
+
+
+def test_curl_shares_the_encoder_and_the_target_follows_slowly():
+    torch.manual_seed(0)
+    agent = DQNAgent((6, 12, 12), 3, crop=10, curl=True, feature_dim=8, layers=1, filters=4, hidden=8,
+                     target_tau=0.1, generator=torch.Generator().manual_seed(0))
+    assert agent.curl.encoder is agent.encoder
+    obs = torch.randint(0, 256, (8, 6, 12, 12), dtype=torch.uint8)
+    batch = {"obs": obs, "next_obs": obs, "action": torch.zeros(8, dtype=torch.long), "reward": torch.ones(8),
+             "done": torch.zeros(8)}
+    before = agent.target["head"][0].weight.clone()
+    losses = agent.update(batch)
+    assert set(losses) == {"td", "curl"} and np.isfinite(losses["curl"])
+    expected = before + 0.1 * (agent.head[0].weight - before)
+    torch.testing.assert_close(agent.target["head"][0].weight, expected)
+    assert agent(obs).shape == (8, 3)  # acting uses the central crop
+    with pytest.raises(ValueError, match="curl=True needs crop"):
+        DQNAgent((6, 12, 12), 3, curl=True)
+
+
+def test_a_short_run_records_episodes_and_evaluations():
+    torch.manual_seed(0)
+    env, eval_env = PixelGrid(max_steps=10), PixelGrid(max_steps=10)
+    agent = DQNAgent(env.observation_space.shape, 3, crop=36, curl=True, feature_dim=8, layers=1, filters=4,
+                     hidden=8, generator=torch.Generator().manual_seed(0))
+    run = train_agent(agent, env, 60, eval_env=eval_env, eval_every=30, eval_episodes=2, warmup=40, batch_size=8,
+                      progress=False)
+    assert run.episode_steps and all(0 < s <= 60 for s in run.episode_steps)
+    assert run.eval_steps == [30, 60] and len(run.losses) == 20
+    assert 0.0 <= evaluate_agent(agent, eval_env, 2, seed=0) <= 1.0
+    with pytest.raises(ValueError, match="warmup >= batch_size"):
+        train_agent(agent, env, 10, warmup=4, batch_size=8)
