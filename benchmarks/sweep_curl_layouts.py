@@ -35,17 +35,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--agents", nargs="+", default=list(AGENT_KINDS), choices=list(AGENT_KINDS))
     parser.add_argument("--tile-size", type=int, default=4)
     parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--distractors", action="store_true", help="drifting squares on the floor")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     table: dict[tuple[str, str], list[list[float]]] = {}
     for layout in args.layouts:
         def env():
-            return PixelGrid(layout, tile_size=args.tile_size)
+            return PixelGrid(layout, tile_size=args.tile_size, distractors=args.distractors)
 
         probe = env()
         side = probe.size
         random_return = evaluate_agent_random(probe, 50)
-        print(f"{layout}: {side} px frames, random policy return {random_return:.3f}", flush=True)
+        print(f"{layout}{' with distractors' if args.distractors else ''}: {side} px frames, random policy return "
+              f"{random_return:.3f}, {distinct_share(probe):.0f}% of a random batch of 32 distinct", flush=True)
         for seed in args.seeds:
             for name in args.agents:
                 agent = make_agent(name, probe, seed, filters=args.filters)
@@ -62,6 +64,24 @@ def main(argv: list[str] | None = None) -> None:
     for (layout, name), curves in table.items():
         means = [statistics.mean(c[i] for c in curves) for i in range(len(steps))]
         print(f"| {layout} | {name} | " + " | ".join(f"{m:.2f}" for m in means) + " |")
+
+
+def distinct_share(env: PixelGrid, batches: int = 20, batch_size: int = 32) -> float:
+    """Percentage of distinct observations in batches of random-policy observations (CURL's negatives are the
+    batch's other rows: a repeated observation is a negative identical to the positive)."""
+    observations, shares = [], []
+    obs, _ = env.reset(seed=0)
+    env.action_space.seed(0)
+    for step in range(2000):
+        observations.append(obs.tobytes())
+        obs, _, terminated, truncated, _ = env.step(int(env.action_space.sample()))
+        if terminated or truncated:
+            obs, _ = env.reset(seed=step)
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(batches):
+        rows = torch.randint(0, len(observations), (batch_size,), generator=rng).tolist()
+        shares.append(100 * len({observations[r] for r in rows}) / batch_size)
+    return statistics.mean(shares)
 
 
 def evaluate_agent_random(env: PixelGrid, episodes: int) -> float:

@@ -184,7 +184,7 @@ class AgentRun:
 
 
 @torch.no_grad()
-def evaluate_agent(agent: DQNAgent, env: gym.Env, episodes: int, seed: int, epsilon: float = 0.0) -> float:
+def evaluate_agent(agent: DQNAgent, env: gym.Env, episodes: int, seed: int, epsilon: float = 0.05) -> float:
     """Mean return of ``episodes`` episodes acting (epsilon-)greedily, the environment seeded ``seed``,
     ``seed + 1``, ..."""
     rng, total = np.random.default_rng(seed), 0.0
@@ -199,14 +199,15 @@ def evaluate_agent(agent: DQNAgent, env: gym.Env, episodes: int, seed: int, epsi
 
 
 def train_agent(agent: DQNAgent, env: gym.Env, steps: int, *, seed: int = 0, eval_env: gym.Env | None = None,
-                eval_every: int = 500, eval_episodes: int = 10, buffer_size: int = 10_000, batch_size: int = 32,
-                warmup: int = 500, epsilon_start: float = 1.0, epsilon_end: float = 0.05,
-                epsilon_fraction: float = 0.5, checkpoint: str | Path | None = None,
+                eval_every: int = 500, eval_episodes: int = 10, eval_epsilon: float = 0.05,
+                buffer_size: int = 10_000, batch_size: int = 32, warmup: int = 500, epsilon_start: float = 1.0,
+                epsilon_end: float = 0.05, epsilon_fraction: float = 0.5, checkpoint: str | Path | None = None,
                 progress: bool = True) -> AgentRun:
     """Act in ``env`` for ``steps`` environment steps, epsilon-greedy (epsilon falling linearly from
     ``epsilon_start`` to ``epsilon_end`` over the first ``epsilon_fraction`` of the steps), one update per step
-    after ``warmup`` random steps, and every ``eval_every`` steps the mean greedy return over ``eval_episodes``
-    episodes of ``eval_env``. The step budget, not the time, fixes a run. ``checkpoint``: where the agent's weights
+    after ``warmup`` random steps, and every ``eval_every`` steps the mean return over ``eval_episodes`` episodes of
+    ``eval_env`` acting greedily but for ``eval_epsilon`` (0.05 as DQN's evaluations: a fully greedy policy can
+    turn in place forever). The step budget, not the time, fixes a run. ``checkpoint``: where the agent's weights
     go at the end. Returns the :class:`AgentRun`.
     """
     if not isinstance(steps, int) or steps < 1:
@@ -234,7 +235,8 @@ def train_agent(agent: DQNAgent, env: gym.Env, steps: int, *, seed: int = 0, eva
             run.losses.append(agent.update(buffer.sample(batch_size, agent.generator)))
         if eval_env is not None and step % eval_every == 0:
             run.eval_steps.append(step)
-            run.eval_returns.append(evaluate_agent(agent, eval_env, eval_episodes, seed=10_000 + seed))
+            run.eval_returns.append(evaluate_agent(agent, eval_env, eval_episodes, seed=10_000 + seed,
+                                                   epsilon=eval_epsilon))
     if checkpoint is not None:
         save_checkpoint(checkpoint, {"agent": agent.state_dict(), "steps": steps})
     return run
