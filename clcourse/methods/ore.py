@@ -109,13 +109,13 @@ class ORE(Method):
         image_size: S of the square images.
         channels: of the backbone's feature map (stride 4).
         feature_dim: F of the RoI features (the box head's output, what is clustered).
-        unknowns_per_image: proposals auto-labelled unknown per training image (ORE: 1); 0 trains a closed-set
-            detector, without an unknown class.
-        unknown_max_iou: a proposal can be auto-labelled when its IoU with every annotated box is below it (ORE:
-            0.5, the RoI head's background rule; lower keeps shifted boxes of annotated objects out).
+        unknowns_per_image: sampled background regions labelled unknown per training image (ORE: 1); 0 trains a
+            closed-set detector, without an unknown class.
+        unknown_max_iou: a background region can be labelled unknown when its IoU with every annotated box is
+            below it (0.5, ORE's: every background region; lower keeps shifted boxes of annotated objects out).
         clustering_weight: of the contrastive clustering loss (ORE: 0.1); 0 turns clustering off.
-        margin, items_per_class, momentum, clustering_start, update_every: of the clustering (ORE: 10, 20, 0.99,
-            and a burn-in and update interval in iterations, 1000 and 3000 for its 90k-iteration schedule).
+        margin, items_per_class, momentum, clustering_start, update_every: of the clustering (ORE: 10, 20, 0.99;
+            the burn-in and the update interval are iterations, set here for schedules of hundreds of steps).
         anchor_sizes: anchor sides in pixels (one aspect ratio, 1:1, as the objects are about square).
         proposals_train, proposals_test: proposals kept per image after NMS.
         rois_per_image: sampled per image for the RoI head's losses, a quarter foreground at most.
