@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tile-size", type=int, default=4)
     parser.add_argument("--filters", type=int, default=16)
     parser.add_argument("--distractors", action="store_true", help="drifting squares on the floor")
+    parser.add_argument("--curl-weight", type=float, default=1.0, help="weight of CURL's loss (default 1)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
+    parser.add_argument("--crop-margin", type=int, help="pixels a crop is smaller than the frame (default S / 8)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     table: dict[tuple[str, str], list[list[float]]] = {}
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{random_return:.3f}, {distinct_share(probe):.0f}% of a random batch of 32 distinct", flush=True)
         for seed in args.seeds:
             for name in args.agents:
-                agent = make_agent(name, probe, seed, filters=args.filters)
+                agent = make_agent(name, probe, seed, crop_margin=args.crop_margin, filters=args.filters,
+                                   curl_weight=args.curl_weight, lr=args.lr)
                 start = time.perf_counter()
                 run = train_agent(agent, env(), args.steps, seed=seed, eval_env=env(), eval_every=args.eval_every,
                                   progress=False)
