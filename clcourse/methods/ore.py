@@ -194,13 +194,17 @@ class ORE(Method):
             got = f"{images.dtype} {shape_of(images)}" if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images must be float [B, 3, {s}, {s}] in [0, 1], got {got}")
 
+    def feature_map(self, images: Tensor) -> Tensor:
+        """The backbone's map [B, channels, S/4, S/4] of images [B, 3, S, S] in [0, 1] (centred and scaled first)."""
+        return self.encoder((images - 0.5) / 0.25)
+
     def propose(self, images: Tensor, boxes: Sequence[Tensor] | None = None):
         """The first stage on images [B, 3, S, S]: returns the backbone's map [B, channels, S/4, S/4], per image the
         proposals [P_i, 4] with their objectness [P_i] (a probability), and the RPN's losses against the annotated
         ``boxes`` (per image [n_i, 4]) in training mode ({} in eval mode). Training mode keeps
         ``proposals_train`` per image, eval mode ``proposals_test``."""
         targets = None if boxes is None else [{"boxes": b.to(images.dtype)} for b in boxes]
-        feature_map = self.encoder((images - 0.5) / 0.25)
+        feature_map = self.feature_map(images)
         image_list = ImageList(images, [tuple(images.shape[-2:])] * len(images))
         boxes, scores, losses = self.rpn(image_list, {"0": feature_map}, targets)
         return feature_map, boxes, scores, losses
@@ -223,7 +227,7 @@ class ORE(Method):
         device = self.known.device
         was_training = self.training
         self.eval()
-        feature_map = self.encoder((images.to(device) - 0.5) / 0.25)
+        feature_map = self.feature_map(images.to(device))
         features, logits, _ = self.roi_head(feature_map, [b.to(device) for b in boxes])
         self.train(was_training)
         return features.float().to(images.device), logits.float().to(images.device)
