@@ -56,6 +56,15 @@ def test_plot_embedding_colours_points_by_label_with_named_legend(data):
     assert ax.get_title() == "t"
 
 
+def test_a_label_keeps_its_colour_when_another_label_is_missing(data):
+    every = plot_embedding(data.xy, torch.arange(N) % 10, ax=plt.subplots()[1]).collections[0].get_facecolors()
+    without_4 = torch.arange(N) % 10
+    without_4[without_4 == 4] = 3
+    fewer = plot_embedding(data.xy, without_4, ax=plt.subplots()[1]).collections[0].get_facecolors()
+    fives = (torch.arange(N) % 10 == 5).numpy()
+    np.testing.assert_allclose(fewer[fives], every[fives])  # 5 keeps tab10's sixth colour, not the fifth
+
+
 def test_plot_embedding_draws_framed_thumbnails(data):
     ax = plot_embedding(data.xy.numpy(), data.labels.numpy(), images=data.rgb, n_thumbnails=5)
     boxes = [a for a in ax.artists if isinstance(a, AnnotationBbox)]

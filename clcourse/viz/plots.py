@@ -88,11 +88,17 @@ class PointColors:
 def point_colors(values: np.ndarray, label_names: LabelNames | None = None) -> PointColors:
     """Colour points by ``values`` [N]: one colour per category (<= 20 distinct values), else a viridis scale.
 
-    ``label_names`` names categories: a sequence indexed by the (integer) value, or a mapping value -> name.
+    Integer values in [0, 20) keep the colour of their value (label 5 is the same colour in every plot, even
+    one where label 4 is missing); other categories are coloured in their sorted order. ``label_names`` names
+    categories: a sequence indexed by the (integer) value, or a mapping value -> name.
     """
     categories, codes = np.unique(values, return_inverse=True)
     if len(categories) <= MAX_CATEGORIES:
-        palette = matplotlib.colormaps["tab10" if len(categories) <= 10 else "tab20"](np.arange(len(categories)))
+        numeric = np.issubdtype(categories.dtype, np.number) and not np.issubdtype(categories.dtype, np.bool_)
+        by_value = (numeric and bool(np.all(categories == np.round(categories)))
+                    and categories.min() >= 0 and categories.max() < MAX_CATEGORIES)
+        slots = categories.astype(int) if by_value else np.arange(len(categories))
+        palette = matplotlib.colormaps["tab10" if slots.max() < 10 else "tab20"](slots)
         legend = [(_category_name(value.item(), label_names), palette[i]) for i, value in enumerate(categories)]
         return PointColors(palette[codes.reshape(-1)], legend, None)
     if not np.issubdtype(values.dtype, np.number):
