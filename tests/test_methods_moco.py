@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,6 +214,29 @@ def test_without_the_shuffle_each_key_is_normalised_in_its_querys_group():
     shuffled = make_model(cnn(), shuffle_bn_groups=groups)
     shuffled.train()
     assert not torch.allclose(shuffled.keys(x), expected, atol=1e-3)
+
+
+def test_grouped_pass_updates_running_statistics_as_separate_passes_and_restores_the_layers():
+    groups, n = 3, 11  # unequal groups (4, 4, 3), as tensor_split makes them
+    model = make_model(cnn(), shuffle_bn_groups=groups, shuffle_keys=False)
+    separate = copy.deepcopy(model)
+    model.train(), separate.train()
+    x = images(n)
+    queries = model.queries(x)
+    expected = torch.cat([separate.projector(separate.encoder(part)) for part in x.tensor_split(groups)])
+    assert torch.allclose(queries, F.normalize(expected, dim=1), atol=1e-5)
+    for name, value in separate.encoder.state_dict().items():  # running means, variances, batch counts
+        assert torch.allclose(model.encoder.state_dict()[name].float(), value.float(), atol=1e-6), name
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert layers and all("forward" not in vars(layer) for layer in layers)
+
+
+def test_layers_are_restored_when_the_pass_fails():
+    model = make_model(cnn(), shuffle_bn_groups=2)
+    model.train()
+    with pytest.raises(ValueError, match="channels"):
+        model.queries(torch.rand(8, 3, 16, 16))  # the encoder refuses 3 channels inside the grouped pass
+    assert all("forward" not in vars(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_one_group_is_plain_batch_norm():

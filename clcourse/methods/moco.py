@@ -25,10 +25,11 @@ poor ([1], section 3.3).  [1] fixes this on 8 GPUs: each GPU normalises its
 own sub-batch, and the keys are shuffled across GPUs before the key encoder
 and unshuffled after, so a query and its key see different BN statistics.
 In one process we simulate G GPUs, as the single-GPU CIFAR-10 demo of [1]'s
-authors does with its "SplitBatchNorm": both encoders run on G sub-batches,
-the queries in their original order and the keys after a random permutation
-(undone afterwards).  Running the networks on sub-batches rather than
-swapping their BN layers works for any encoder.  ``shuffle_keys=False`` keeps
+authors does with its "SplitBatchNorm": the BN layers of both encoders
+normalise G sub-batches apart, the queries in their original order and the
+keys after a random permutation (undone afterwards).  Only the BN layers are
+split, for the time of the pass, so it works for any encoder and the other
+layers still run once on the whole batch.  ``shuffle_keys=False`` keeps
 the G groups but not the shuffle (each key normalised in its query's group),
 [1]'s "no shuffle" ablation (Fig. 3), and ``shuffle_bn_groups=1`` normalises
 the whole batch at once: both let the leak back in.
@@ -41,7 +42,9 @@ the whole batch at once: both let the leak back in.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -156,7 +159,12 @@ class MoCo(Method):
                     k.copy_(q)
 
     def _in_groups(self, net, x: torch.Tensor, shuffle: bool) -> torch.Tensor:
-        """Run ``net`` on G sub-batches of x (after a random permutation if ``shuffle``), in x's order."""
+        """``net`` on x [B, ...] with each batch-norm layer normalising G sub-batches apart, in x's order.
+
+        The sub-batches are contiguous, after a random permutation of x if ``shuffle``. Only the batch-norm
+        layers see them: every other layer runs once on the whole batch (the same result, in a third less
+        time than G passes through the network on small images).
+        """
         groups = self.shuffle_bn_groups
         if groups == 1:
             return net(x)  # one batch: a permutation would not change its statistics
@@ -165,11 +173,10 @@ class MoCo(Method):
                 f"shuffle-BN splits the batch into {groups} groups of at least 2 images, got a batch of "
                 f"{x.shape[0]}; use a larger batch or a smaller shuffle_bn_groups"
             )
-        if not shuffle:
-            return torch.cat([net(part) for part in x.tensor_split(groups)])
-        perm = torch.randperm(x.shape[0], generator=self.generator).to(x.device)
-        out = torch.cat([net(part) for part in x[perm].tensor_split(groups)])
-        return out[torch.argsort(perm)]  # row i of out belongs to image perm[i]
+        perm = torch.randperm(x.shape[0], generator=self.generator).to(x.device) if shuffle else None
+        with _batch_norm_in_groups(self, groups):
+            out = net(x if perm is None else x[perm])
+        return out if perm is None else out[torch.argsort(perm)]  # row i of out belongs to image perm[i]
 
     def queries(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised queries: [B, C, H, W] -> [B, D], G contiguous BN groups, with gradient."""
@@ -224,3 +231,26 @@ class MoCo(Method):
             k = torch.cat([k, k_sym])
         self.enqueue(all_gather_cat(k) if self.gather_distributed else k)
         return loss, queries
+
+
+@contextlib.contextmanager
+def _batch_norm_in_groups(net: nn.Module, groups: int):
+    """Within the block, every batch-norm layer of ``net`` normalises ``groups`` contiguous sub-batches apart.
+
+    Each layer runs its own forward once per sub-batch (tensor_split of dim 0), so its output and its running
+    statistics are exactly those of ``groups`` separate passes: what [1]'s G GPUs compute, and what the
+    SplitBatchNorm of its authors' CIFAR-10 demo computes by folding the groups into channels.
+    """
+    layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        # An instance attribute shadows the class's forward until it is deleted.
+        layer.forward = functools.partial(_normalise_in_groups, type(layer).forward.__get__(layer), groups)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def _normalise_in_groups(forward, groups: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([forward(part) for part in x.tensor_split(groups)])
