@@ -135,14 +135,15 @@ class DQNAgent(nn.Module):
         key encoder's and the target's moving averages. Returns the losses."""
         device = next(self.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        q = self.head(self.encoder(self._view(batch["obs"], train=True)))
-        q = q.gather(1, batch["action"][:, None]).squeeze(1)
+        codes = self.encoder(self._view(batch["obs"], train=True))
+        q = self.head(codes).gather(1, batch["action"][:, None]).squeeze(1)
         with torch.no_grad():
             following = self.target["head"](self.target["encoder"](self._view(batch["next_obs"], train=True)))
             target = batch["reward"] + self.gamma * (1 - batch["done"]) * following.amax(dim=1)
         losses = {"td": F.smooth_l1_loss(q, target)}
         if self.curl is not None:
-            losses["curl"] = self.curl_weight * self.curl.training_step(batch["obs"])
+            # The anchors are the crops the TD loss just encoded, as in CURL's code.
+            losses["curl"] = self.curl_weight * self.curl.contrast(codes, batch["obs"])
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         self.optimizer.step()

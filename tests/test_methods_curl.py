@@ -93,6 +93,19 @@ def test_with_no_crop_to_take_and_w_the_identity_the_loss_is_plain_info_nce_of_t
     torch.testing.assert_close(curl.training_step(frames), expected)
 
 
+def test_contrast_on_codes_of_the_anchor_crops_is_the_training_step():
+    torch.manual_seed(0)
+    encoder = PixelEncoder(9, 10, out_dim=8, layers=2, filters=4)
+    curl = CURL(encoder, crop=10, generator=torch.Generator().manual_seed(3))
+    frames = torch.randint(0, 256, (6, 9, 12, 12), dtype=torch.uint8)
+    whole = curl.training_step(frames)
+    curl.generator = torch.Generator().manual_seed(3)  # the same anchor window, then the same positive one
+    anchors = random_crop(to_unit(frames), 10, curl.generator)
+    torch.testing.assert_close(curl.contrast(encoder(anchors), frames), whole)
+    with pytest.raises(ValueError, match=r"queries must be \[B, D\] with B = 6"):
+        curl.contrast(encoder(anchors)[:5], frames)
+
+
 def test_the_pixel_encoder_keeps_its_promises():
     encoder = PixelEncoder(9, 36, out_dim=50)
     out = encoder(torch.rand(2, 9, 36, 36))

@@ -97,17 +97,31 @@ class CURL(Method):
 
     def training_step(self, frames: Tensor) -> Tensor:
         """The bilinear InfoNCE of two random crops of each observation: anchors through f, positives through f_m."""
-        if frames.dtype == torch.uint8:
+        frames = self._unit_batch(frames)
+        return self.contrast(self.encoder(random_crop(frames, self.crop, self.generator)), frames)
+
+    def contrast(self, queries: Tensor, frames: Tensor) -> Tensor:
+        """The loss for queries [B, D] = f(anchor crops of ``frames`` [B, C, H, W]) computed elsewhere.
+
+        The agent encodes its own random crops for its update; CURL's code takes those same crops as the anchors,
+        so the agent passes their codes here and f runs once. Each row's positive is a fresh crop of its frames.
+        """
+        frames = self._unit_batch(frames)
+        if queries.ndim != 2 or queries.shape[0] != frames.shape[0]:
+            raise ValueError(f"queries must be [B, D] with B = {frames.shape[0]} (one per observation), "
+                             f"got {shape_of(queries)}")
+        with torch.no_grad():
+            keys = self.key_encoder(random_crop(frames, self.crop, self.generator))
+        return bilinear_info_nce(queries, keys, self.weight)
+
+    @staticmethod
+    def _unit_batch(frames: Tensor) -> Tensor:
+        if isinstance(frames, Tensor) and frames.dtype == torch.uint8:
             frames = to_unit(frames)
-        if frames.shape[0] < 2:
+        if isinstance(frames, Tensor) and frames.ndim >= 1 and frames.shape[0] < 2:
             raise ValueError(f"CURL needs a batch of at least 2 observations (the other rows are the negatives), "
                              f"got {shape_of(frames)}")
-        anchors = random_crop(frames, self.crop, self.generator)
-        positives = random_crop(frames, self.crop, self.generator)
-        queries = self.encoder(anchors)
-        with torch.no_grad():
-            keys = self.key_encoder(positives)
-        return bilinear_info_nce(queries, keys, self.weight)
+        return frames
 
     @torch.no_grad()
     def on_step_end(self) -> None:
