@@ -5,8 +5,9 @@
 For each layout (:class:`clcourse.envs.PixelGrid`, ``--tile-size`` px tiles, 3 stacked frames, the 3 navigation
 actions) and seed, the three agents of :mod:`clcourse.agents` for the same number of environment steps: ``dqn``
 (whole frames), ``crops`` (random crops, the augmentation alone) and ``curl`` (crops and the contrastive loss). Every
-``--eval-every`` steps, the mean greedy return over 10 episodes (random starts where the layout has them). Prints
-each run's evaluation curve, its seconds, and a table of the return at each evaluation, averaged over the seeds.
+``--eval-every`` steps, the mean return over ``--eval-episodes`` episodes at epsilon 0.05 (random starts where the
+layout has them, or everywhere with ``--random-start``). Prints each run's evaluation curve, its seconds, and a
+table of the return at each evaluation, averaged over the seeds.
 A layout is worth a lesson when pixel DQN's return clearly rises within the steps and the random policy's is low.
 
 [1] Srinivas, Laskin et al., CURL: Contrastive Unsupervised Representations for Reinforcement Learning, ICML 2020.
@@ -39,12 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curl-weight", type=float, default=1.0, help="weight of CURL's loss (default 1)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
     parser.add_argument("--crop-margin", type=int, help="pixels a crop is smaller than the frame (default S / 8)")
+    parser.add_argument("--random-start", action="store_true",
+                        help="start the agent anywhere (agent_start_pos=None, for the fixed-start empty rooms)")
+    parser.add_argument("--eval-episodes", type=int, default=10)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     table: dict[tuple[str, str], list[list[float]]] = {}
     for layout in args.layouts:
         def env():
-            return PixelGrid(layout, tile_size=args.tile_size, distractors=args.distractors)
+            options = {"agent_start_pos": None} if args.random_start else None
+            return PixelGrid(layout, tile_size=args.tile_size, distractors=args.distractors, layout_options=options)
 
         probe = env()
         side = probe.size
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                                    curl_weight=args.curl_weight, lr=args.lr)
                 start = time.perf_counter()
                 run = train_agent(agent, env(), args.steps, seed=seed, eval_env=env(), eval_every=args.eval_every,
-                                  progress=False)
+                                  eval_episodes=args.eval_episodes, progress=False)
                 seconds = time.perf_counter() - start
                 table.setdefault((layout, name), []).append(run.eval_returns)
                 curve = " ".join(f"{r:.2f}" for r in run.eval_returns)

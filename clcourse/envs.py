@@ -43,6 +43,8 @@ class PixelGrid(gym.Env):
         distractors: paint the floor with drifting coloured squares, new ones every episode.
         max_steps: the episode's step limit (None: the layout's own).
         render_mode: ``"rgb_array"`` makes :meth:`render` return the latest frame [S, S, 3].
+        layout_options: keywords for the layout's constructor, e.g. ``{"agent_start_pos": None}`` for a random
+            start in an empty room (``MiniGrid-Empty-Random-6x6-v0`` is the 6x6 room with that option).
 
     Observation: uint8 [3 * frames, S, S], oldest frame first. Reward and termination are MiniGrid's (reaching
     the goal gives 1 - 0.9 * steps / max_steps).
@@ -51,7 +53,8 @@ class PixelGrid(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, layout: str = "MiniGrid-Empty-5x5-v0", tile_size: int = 8, frames: int = 3, actions: int = 3,
-                 distractors: bool = False, max_steps: int | None = None, render_mode: str | None = None):
+                 distractors: bool = False, max_steps: int | None = None, render_mode: str | None = None,
+                 layout_options: dict | None = None):
         if not isinstance(tile_size, int) or tile_size < 2:
             raise ValueError(f"tile_size must be an int >= 2 (pixels per cell), got {tile_size!r}")
         if not isinstance(frames, int) or frames < 1:
@@ -60,9 +63,11 @@ class PixelGrid(gym.Env):
             raise ValueError(f"actions must be an int in [1, 7] (MiniGrid has 7), got {actions!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        options = {} if max_steps is None else {"max_steps": max_steps}
+        options = dict(layout_options or {}) | ({} if max_steps is None else {"max_steps": max_steps})
         try:
             self.grid = gym.make(layout, **options).unwrapped
+        except TypeError as error:
+            raise ValueError(f"layout_options {layout_options!r} do not fit {layout} ({error})") from None
         except gym.error.Error as error:
             raise ValueError(f"layout must be a registered MiniGrid id such as 'MiniGrid-Empty-5x5-v0', got "
                              f"{layout!r} ({error})") from None

@@ -35,6 +35,14 @@ def test_the_same_seed_gives_the_same_episode():
     assert not all(np.array_equal(starts[0], o) for o in starts[1:])  # random starts differ
 
 
+def test_layout_options_reach_the_layout():
+    room = PixelGrid("MiniGrid-Empty-8x8-v0", layout_options={"agent_start_pos": None})
+    starts = [room.reset(seed=s)[0] for s in range(4)]
+    assert not all(np.array_equal(starts[0], o) for o in starts[1:])  # the fixed start became random
+    with pytest.raises(ValueError, match="layout_options .* do not fit MiniGrid-Empty-8x8-v0"):
+        PixelGrid("MiniGrid-Empty-8x8-v0", layout_options={"doors": 2})
+
+
 def test_distractors_paint_only_the_floor_and_drift():
     plain, noisy = PixelGrid(), PixelGrid(distractors=True)
     clean, _ = plain.reset(seed=1)
