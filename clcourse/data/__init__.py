@@ -5,6 +5,7 @@
 - `make_shapes`: procedural shapes whose nuisance factors are all labelled.
 - `make_scenes`, `SCENE_CLASSES`: several shapes per image, with class masks and boxes.
 - `make_lesions`: medical-like grayscale slices with lesion masks and boxes, from two scanners.
+- `make_reviews`, `ASPECTS`: restaurant review sentences with their gold aspect (food, service, price, ambience).
 - `cifar10`, `stl10`: torchvision datasets with a clear error when missing.
 - `load_folder`: your own images in torchvision's ImageFolder layout.
 - `TwoViews`, `MultiCrop`, `collate_views`: per-sample views for a DataLoader.
@@ -20,6 +21,7 @@ from clcourse.data.digits import load_digits
 from clcourse.data.folder import load_folder
 from clcourse.data.image_data import ImageData
 from clcourse.data.lesions import make_lesions
+from clcourse.data.reviews import ASPECTS, Reviews, make_reviews
 from clcourse.data.scenes import SCENE_CLASSES, make_scenes
 from clcourse.data.shapes import (
     COLOR_NAMES,
@@ -41,6 +43,7 @@ from clcourse.data.torchvision_sets import (
 from clcourse.data.views import MultiCrop, TwoViews, ViewLoader, collate_views
 
 __all__ = [
+    "ASPECTS",
     "COLOR_NAMES",
     "COLOR_VALUES",
     "DEFAULT_ROOT",
@@ -53,6 +56,7 @@ __all__ = [
     "IGNORE_INDEX",
     "ImageData",
     "MultiCrop",
+    "Reviews",
     "SCENE_CLASSES",
     "SHAPE_NAMES",
     "ShardedAugment",
@@ -67,6 +71,7 @@ __all__ = [
     "load_digits",
     "load_folder",
     "make_lesions",
+    "make_reviews",
     "make_scenes",
     "make_shapes",
     "shard_rows",
