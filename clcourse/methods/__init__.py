@@ -8,8 +8,9 @@ from clcourse.methods.pcl import PCL
 from clcourse.methods.pcrl import PCRL
 from clcourse.methods.pixel_contrast import PixelContrast
 from clcourse.methods.simclr import SimCLR
+from clcourse.methods.sscl import SSCL
 from clcourse.methods.supcon import SupCon, unlabelled_as_own_class
 from clcourse.methods.swav import SwAV
 from clcourse.methods.triplet import Triplet
 
-__all__ = ["Method", "MoCo", "NNCLR", "ORE", "PCL", "PCRL", "PixelContrast", "SimCLR", "SupCon", "SwAV", "Triplet", "unlabelled_as_own_class", "views_and_labels"]
+__all__ = ["Method", "MoCo", "NNCLR", "ORE", "PCL", "PCRL", "PixelContrast", "SSCL", "SimCLR", "SupCon", "SwAV", "Triplet", "unlabelled_as_own_class", "views_and_labels"]
