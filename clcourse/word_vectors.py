@@ -68,9 +68,11 @@ def train_word_vectors(ids: Tensor, vocab_size: int, dim: int = 32, window: int 
         for rows in torch.randperm(len(pairs), generator=generator).split(batch_size):
             centre, context = pairs[rows, 0], pairs[rows, 1]
             sampled = torch.multinomial(noise, len(rows) * negatives, replacement=True, generator=generator)
-            v = centre_vectors[centre]  # [B, D]
-            positive = (v * context_vectors[context]).sum(dim=1)
-            negative = torch.einsum("bd,bkd->bk", v, context_vectors[sampled.view(len(rows), negatives)])
+            # F.embedding, not indexing: indexing's backward added in another order on every run with 2 threads
+            # (the same seed's vectors differed by 1e-4); embedding's gives the same vectors every time.
+            v = F.embedding(centre, centre_vectors)  # [B, D]
+            positive = (v * F.embedding(context, context_vectors)).sum(dim=1)
+            negative = torch.einsum("bd,bkd->bk", v, F.embedding(sampled.view(len(rows), negatives), context_vectors))
             loss = -(F.logsigmoid(positive) + F.logsigmoid(-negative).sum(dim=1)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
