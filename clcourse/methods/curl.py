@@ -114,14 +114,13 @@ class CURL(Method):
             keys = self.key_encoder(random_crop(frames, self.crop, self.generator))
         return bilinear_info_nce(queries, keys, self.weight)
 
-    @staticmethod
-    def _unit_batch(frames: Tensor) -> Tensor:
-        if isinstance(frames, Tensor) and frames.dtype == torch.uint8:
-            frames = to_unit(frames)
-        if isinstance(frames, Tensor) and frames.ndim >= 1 and frames.shape[0] < 2:
+    def _unit_batch(self, frames: Tensor) -> Tensor:
+        """frames [B, C, H, W] (B >= 2, large enough for the crop) as floats in [0, 1]."""
+        _check_frames(frames, self.crop)
+        if frames.shape[0] < 2:
             raise ValueError(f"CURL needs a batch of at least 2 observations (the other rows are the negatives), "
                              f"got {shape_of(frames)}")
-        return frames
+        return to_unit(frames) if frames.dtype == torch.uint8 else frames
 
     @torch.no_grad()
     def on_step_end(self) -> None:
