@@ -321,6 +321,19 @@ def test_the_warm_up_is_exactly_cross_entropy_and_the_memories_fill_meanwhile():
     assert model.steps_done.item() == 3
 
 
+def test_weight_zero_is_cross_entropy_alone_without_memories():
+    model = make_model(contrast_weight=0.0, warmup_steps=1)
+    for step in range(3):
+        images, masks = scenes(seed=step)
+        ce = F.cross_entropy(model.encoder(images).logits, masks, ignore_index=255)
+        model.zero_grad()
+        loss = model.training_step((images, masks))
+        loss.backward()
+        assert torch.equal(loss, ce) and model.last_contrast is None
+        assert all(p.grad is None for p in model.encoder.projection.parameters())
+    assert model.pixel_filled.sum() == 0 and model.region_filled.sum() == 0  # nothing reads them
+
+
 @pytest.mark.parametrize("memory", [True, False])
 def test_the_step_is_cross_entropy_plus_eq3_against_the_anchors_and_the_memory_before_the_step(memory):
     sizes = dict(pixel_memory_size=6, region_memory_size=3) if memory else dict(pixel_memory_size=0,

@@ -92,8 +92,9 @@ class PixelContrast(Method):
             ``num_classes`` = K when it states one. Kept as ``.encoder``.
         num_classes: K, the background included.
         temperature: t > 0 of the loss (0.1 in [1]).
-        contrast_weight: lambda >= 0, the weight of the contrastive term (0.1 in [1]); 0 still computes
-            it (``last_contrast``) without training on it.
+        contrast_weight: lambda >= 0, the weight of the contrastive term (0.1 in [1]); 0 is cross-entropy
+            alone: neither the term nor the memories are computed (they would cost as much as the rest of the
+            step and train nothing), so ``last_contrast`` stays None and the projection head gets no gradient.
         anchors_per_class: at most this many anchors of each class in the batch ([1]'s code: up to 100 per
             class and image, 1,024 in all).
         hard_fraction: in [0, 1], the share of a class's anchors drawn from its mispredicted pixels
@@ -303,7 +304,7 @@ class PixelContrast(Method):
     def training_step(self, batch) -> Tensor:
         """Cross-entropy (+ contrast_weight x pixel contrast after the warm-up) of ``(images, masks)``; a scalar.
 
-        Enqueues the batch into the memories after the loss and counts the step.
+        Enqueues the batch into the memories after the loss (unless the weight is 0) and counts the step.
         """
         images, masks = self._images_and_masks(batch)
         logits, embeddings = self.encoder(images)
@@ -316,10 +317,11 @@ class PixelContrast(Method):
         ce = F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
         labels = nearest_labels(masks, embeddings.shape[-2:])
         contrast = None
-        if int(self.steps_done) >= self.warmup_steps:
+        if self.contrast_weight > 0 and int(self.steps_done) >= self.warmup_steps:
             predicted = nearest_labels(logits.detach().argmax(dim=1), embeddings.shape[-2:])
             contrast = self.contrast_term(embeddings, labels, predicted)
-        self.enqueue(embeddings, labels)
+        if self.contrast_weight > 0:
+            self.enqueue(embeddings, labels)
         self.steps_done += 1
         self.last_ce = ce.detach()
         self.last_contrast = None if contrast is None else contrast.detach()
