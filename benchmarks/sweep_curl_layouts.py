@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--random-start", action="store_true",
                         help="start the agent anywhere (agent_start_pos=None, for the fixed-start empty rooms)")
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--shift", type=int, help="views are random shifts by up to this many px (pad and crop back "
+                                                  "to the frame's size, CURL's Atari code) instead of smaller crops")
+    parser.add_argument("--td-whole", action="store_true",
+                        help="the TD loss sees whole frames, not the views (CURL's Atari code)")
+    parser.add_argument("--logit-scale", type=float, default=1.0, help="CURL's bilinear logits x this (Atari: 0.1)")
+    parser.add_argument("--grad-clip", type=float, help="clip the gradient norm (CURL's Atari code: 10)")
+    parser.add_argument("--curl-momentum", type=float, default=0.95, help="the key encoder's (Atari code: 0.999)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     table: dict[tuple[str, str], list[list[float]]] = {}
@@ -58,8 +65,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{random_return:.3f}, {distinct_share(probe):.0f}% of a random batch of 32 distinct", flush=True)
         for seed in args.seeds:
             for name in args.agents:
-                agent = make_agent(name, probe, seed, crop_margin=args.crop_margin, filters=args.filters,
-                                   curl_weight=args.curl_weight, lr=args.lr)
+                agent = make_agent(name, probe, seed, crop_margin=args.crop_margin, shift=args.shift,
+                                   filters=args.filters, curl_weight=args.curl_weight, lr=args.lr,
+                                   td_on_crops=not args.td_whole, curl_logit_scale=args.logit_scale,
+                                   grad_clip=args.grad_clip, curl_momentum=args.curl_momentum)
                 start = time.perf_counter()
                 run = train_agent(agent, env(), args.steps, seed=seed, eval_env=env(), eval_every=args.eval_every,
                                   eval_episodes=args.eval_episodes, progress=False)

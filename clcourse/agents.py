@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from clcourse.encoders import PixelEncoder
-from clcourse.methods.curl import CURL, center_crop, random_crop, to_unit
+from clcourse.methods.curl import CURL, center_crop, random_view, to_unit
 from clcourse.train import save_checkpoint
 
 __all__ = ["AGENT_KINDS", "AgentRun", "DQNAgent", "ReplayBuffer", "evaluate_agent", "make_agent", "train_agent"]
@@ -84,32 +84,46 @@ class DQNAgent(nn.Module):
         obs_shape: (C, H, W) of the observations (uint8).
         actions: the number of discrete actions.
         crop: side of the random crops the updates see (the agent acts on the central crop); None: whole frames.
+        pad: the crops are taken from the frames padded by this many repeated edge pixels; with ``crop`` = the
+            frames' side that is the random shift of CURL's Atari code (pad 4 of 84 px) and DrQ.
         curl: add CURL's contrastive loss (needs ``crop``), weighted ``curl_weight``.
+        td_on_crops: the TD loss sees random crops (True: as the issue's CURL and CURL's control-suite code,
+            whose critic trains on crops); False: it sees what the agent acts on, as CURL's Atari code, and CURL's
+            anchors are then a separate random crop through the encoder.
         feature_dim, layers, filters: the :class:`PixelEncoder`'s code size, depth and width.
         gamma: the discount; lr: Adam's learning rate for everything; target_tau: the target network's Polyak
-            step after each update; curl_momentum: the key encoder's momentum.
+            step after each update; curl_momentum: the key encoder's momentum; curl_logit_scale: the factor of
+            CURL's bilinear logits (:class:`CURL`'s ``logit_scale``); grad_clip: clip the gradients' global norm
+            to this (CURL's Atari code: 10); None: no clipping.
         generator: CPU generator of the crops and the replay samples.
 
     ``forward(obs)`` gives Q-values [B, actions] of uint8 observations [B, C, H, W].
     """
 
-    def __init__(self, obs_shape: tuple[int, int, int], actions: int, *, crop: int | None = None, curl: bool = False,
-                 curl_weight: float = 1.0, feature_dim: int = 50, layers: int = 2, filters: int = 32,
-                 hidden: int = 128, gamma: float = 0.99, lr: float = 1e-3, target_tau: float = 0.01,
-                 curl_momentum: float = 0.95, generator: torch.Generator | None = None):
+    def __init__(self, obs_shape: tuple[int, int, int], actions: int, *, crop: int | None = None, pad: int = 0,
+                 curl: bool = False, td_on_crops: bool = True, curl_weight: float = 1.0, feature_dim: int = 50,
+                 layers: int = 2, filters: int = 32, hidden: int = 128, gamma: float = 0.99, lr: float = 1e-3,
+                 target_tau: float = 0.01, curl_momentum: float = 0.95, curl_logit_scale: float = 1.0,
+                 grad_clip: float | None = None, generator: torch.Generator | None = None):
         super().__init__()
         channels, height, width = obs_shape
         if curl and crop is None:
             raise ValueError("curl=True needs crop: CURL's anchor and positive are two random crops")
         if crop is not None and not 1 <= crop <= min(height, width):
             raise ValueError(f"crop must be in [1, {min(height, width)}] (the frames' side), got {crop}")
-        self.obs_shape, self.actions, self.crop = tuple(obs_shape), actions, crop
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0 or (pad and crop is None):
+            raise ValueError(f"pad must be an int >= 0, and > 0 only with crop (it pads the frames before "
+                             f"cropping), got pad={pad!r} with crop={crop}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be None or > 0 (the largest gradient norm), got {grad_clip}")
+        self.obs_shape, self.actions, self.crop, self.pad = tuple(obs_shape), actions, crop, pad
         self.gamma, self.target_tau, self.curl_weight = gamma, target_tau, curl_weight
+        self.td_on_crops, self.grad_clip = td_on_crops, grad_clip
         side = crop or height
         self.encoder = PixelEncoder(channels, side, feature_dim, layers, filters)
         self.head = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, actions))
         self.target = copy.deepcopy(nn.ModuleDict({"encoder": self.encoder, "head": self.head})).requires_grad_(False)
-        self.curl = CURL(self.encoder, crop, curl_momentum, generator) if curl else None
+        self.curl = CURL(self.encoder, crop, curl_momentum, generator, pad, curl_logit_scale) if curl else None
         self.generator = generator
         self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
 
@@ -117,7 +131,7 @@ class DQNAgent(nn.Module):
         frames = to_unit(frames)
         if self.crop is None:
             return frames
-        return random_crop(frames, self.crop, self.generator) if train else center_crop(frames, self.crop)
+        return random_view(frames, self.crop, self.pad, self.generator) if train else center_crop(frames, self.crop)
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.head(self.encoder(self._view(obs, train=False)))
@@ -135,17 +149,22 @@ class DQNAgent(nn.Module):
         key encoder's and the target's moving averages. Returns the losses."""
         device = next(self.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        codes = self.encoder(self._view(batch["obs"], train=True))
+        codes = self.encoder(self._view(batch["obs"], train=self.td_on_crops))
         q = self.head(codes).gather(1, batch["action"][:, None]).squeeze(1)
         with torch.no_grad():
-            following = self.target["head"](self.target["encoder"](self._view(batch["next_obs"], train=True)))
+            following = self.target["head"](self.target["encoder"](self._view(batch["next_obs"],
+                                                                              train=self.td_on_crops)))
             target = batch["reward"] + self.gamma * (1 - batch["done"]) * following.amax(dim=1)
         losses = {"td": F.smooth_l1_loss(q, target)}
         if self.curl is not None:
-            # The anchors are the crops the TD loss just encoded, as in CURL's code.
-            losses["curl"] = self.curl_weight * self.curl.contrast(codes, batch["obs"])
+            # With TD on crops, the anchors are the crops it just encoded, as in CURL's control-suite code.
+            contrast = (self.curl.contrast(codes, batch["obs"]) if self.td_on_crops
+                        else self.curl.training_step(batch["obs"]))
+            losses["curl"] = self.curl_weight * contrast
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
         self.optimizer.step()
         if self.curl is not None:
             self.curl.on_step_end()
@@ -156,19 +175,28 @@ class DQNAgent(nn.Module):
         return {name: value.item() for name, value in losses.items()}
 
 
-def make_agent(kind: str, env: gym.Env, seed: int = 0, crop_margin: int | None = None, **settings) -> DQNAgent:
+def make_agent(kind: str, env: gym.Env, seed: int = 0, crop_margin: int | None = None, shift: int | None = None,
+               **settings) -> DQNAgent:
     """An agent of ``AGENT_KINDS[kind]`` for ``env``'s observations and actions, its weights and crops seeded.
 
     Crops are ``crop_margin`` pixels smaller than the frames (default: an eighth of their side, as CURL's 84 of
-    100), so a crop moves the picture by up to that many pixels. ``settings`` go to :class:`DQNAgent`.
+    100), so a crop moves the picture by up to that many pixels and loses that much of its border. With
+    ``shift`` instead, the views are random shifts by up to ``shift`` px that keep the frame's size (crops of
+    the frames padded by ``shift`` repeated edge pixels, as CURL's Atari code). ``settings`` go to
+    :class:`DQNAgent`.
     """
     if kind not in AGENT_KINDS:
         raise ValueError(f"kind must be one of {', '.join(AGENT_KINDS)}, got {kind!r}")
+    if shift is not None and crop_margin is not None:
+        raise ValueError(f"give crop_margin (smaller crops) or shift (shifts of the whole frame), not both: got "
+                         f"crop_margin={crop_margin}, shift={shift}")
     shape = env.observation_space.shape
     margin = max(1, shape[-1] // 8) if crop_margin is None else crop_margin
+    crop, pad = None, 0
+    if AGENT_KINDS[kind]["crops"]:
+        crop, pad = (shape[-1], shift) if shift is not None else (shape[-1] - margin, 0)
     torch.manual_seed(seed)
-    crop = shape[-1] - margin if AGENT_KINDS[kind]["crops"] else None
-    return DQNAgent(shape, int(env.action_space.n), crop=crop, curl=AGENT_KINDS[kind]["curl"],
+    return DQNAgent(shape, int(env.action_space.n), crop=crop, pad=pad, curl=AGENT_KINDS[kind]["curl"],
                     generator=torch.Generator().manual_seed(seed), **settings)
 
 

@@ -946,18 +946,19 @@ def contrastive_clustering(features: Tensor, labels: Tensor, prototypes: Tensor,
     return (terms * valid.to(dtype)).sum(dim=1).mean()
 
 
-def bilinear_info_nce(queries: Tensor, keys: Tensor, weight: Tensor) -> Tensor:
+def bilinear_info_nce(queries: Tensor, keys: Tensor, weight: Tensor, scale: float = 1.0) -> Tensor:
     """CURL's contrastive loss [15]: InfoNCE [2] with the bilinear similarity q_i^T W k_j, the batch's other keys
     as the negatives.
 
     Shapes: queries, keys [N, D] (row i of each from two crops of the same observation), weight W [D, D]; returns
-    a scalar,
+    a scalar, with s the ``scale`` (> 0),
 
-        l_i = -log( exp(q_i^T W k_i) / sum_j exp(q_i^T W k_j) ),   L = mean over the N queries.
+        l_i = -log( exp(s q_i^T W k_i) / sum_j exp(s q_i^T W k_j) ),   L = mean over the N queries.
 
     Nothing is normalised and there is no temperature: W learns the scale. CURL's keys come from the momentum
     encoder: pass them detached. Each row's maximum is subtracted before the softmax, as CURL's code does (the
-    loss is unchanged; exp cannot overflow). W = 0 gives log N.
+    loss is unchanged; exp cannot overflow). W = 0 gives log N. CURL's code for Atari (on Rainbow) multiplies
+    the logits by s = 0.1, its code for the control suite does not (s = 1).
     """
     check_tensor("queries", queries, "[N, D]")
     check_tensor("keys", keys, "[N, D]")
@@ -968,9 +969,10 @@ def bilinear_info_nce(queries: Tensor, keys: Tensor, weight: Tensor) -> Tensor:
     if not isinstance(weight, Tensor) or weight.shape != (d, d):
         got = shape_of(weight) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"weight must be a [{d}, {d}] tensor (the bilinear W), got {got}")
+    scale = check_number("scale", scale)
     dtype = torch.promote_types(queries.dtype, torch.float32)
     logits = queries.to(dtype) @ weight.to(dtype) @ keys.to(dtype).t()  # [N, N]
-    logits = logits - logits.amax(dim=1, keepdim=True).detach()
+    logits = scale * (logits - logits.amax(dim=1, keepdim=True).detach())
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clcourse.agents import DQNAgent, ReplayBuffer, evaluate_agent, train_agent
+from clcourse.agents import DQNAgent, ReplayBuffer, evaluate_agent, make_agent, train_agent
 from clcourse.envs import PixelGrid
 
 
@@ -51,6 +51,59 @@ def test_curl_shares_the_encoder_and_the_target_follows_slowly():
     assert agent(obs).shape == (8, 3)  # acting uses the central crop
     with pytest.raises(ValueError, match="curl=True needs crop"):
         DQNAgent((6, 12, 12), 3, curl=True)
+
+
+def replay_batch(n=8, shape=(6, 12, 12)):
+    obs = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    return {"obs": obs, "next_obs": obs.flip(0), "action": torch.arange(n) % 3, "reward": torch.ones(n),
+            "done": torch.zeros(n)}
+
+
+def test_td_on_whole_frames_sees_what_the_agent_acts_on():
+    torch.manual_seed(0)
+    agent = DQNAgent((6, 12, 12), 3, crop=12, pad=2, curl=True, td_on_crops=False, feature_dim=8, layers=1,
+                     filters=4, hidden=8, gamma=0.5, lr=0.0, generator=torch.Generator().manual_seed(0))
+    batch = replay_batch()
+    with torch.no_grad():
+        q = agent(batch["obs"]).gather(1, batch["action"][:, None]).squeeze(1)
+        target = batch["reward"] + 0.5 * agent(batch["next_obs"]).amax(dim=1)
+    first, second = agent.update(batch), agent.update(batch)  # lr 0: the same TD loss twice, whatever the views
+    expected = torch.nn.functional.smooth_l1_loss(q, target).item()
+    assert first["td"] == pytest.approx(expected, rel=1e-5) and second["td"] == pytest.approx(expected, rel=1e-5)
+    assert first["curl"] != second["curl"]  # CURL's views are drawn afresh
+
+
+def test_gradients_are_clipped_to_the_norm_asked():
+    torch.manual_seed(0)
+    agent = DQNAgent((6, 12, 12), 3, crop=10, curl=True, feature_dim=8, layers=1, filters=4, hidden=8,
+                     grad_clip=1e-3, generator=torch.Generator().manual_seed(0))
+    norms = []
+    step = agent.optimizer.step
+
+    def record_then_step():
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in agent.parameters()
+                                                           if p.grad is not None])).item())
+        step()
+
+    agent.optimizer.step = record_then_step
+    agent.update(replay_batch())
+    assert norms[0] == pytest.approx(1e-3, rel=1e-4)  # the loss's gradient is far larger: clipped to 1e-3
+    with pytest.raises(ValueError, match="grad_clip must be None or > 0"):
+        DQNAgent((6, 12, 12), 3, grad_clip=0.0)
+
+
+def test_make_agent_builds_crops_or_shifts():
+    env = PixelGrid()
+    side = env.observation_space.shape[-1]
+    assert make_agent("dqn", env).crop is None
+    assert make_agent("crops", env).crop == side - side // 8
+    shifted = make_agent("curl", env, shift=3, curl_logit_scale=0.1)
+    assert (shifted.crop, shifted.pad, shifted.curl.pad, shifted.curl.logit_scale) == (side, 3, 3, 0.1)
+    assert make_agent("dqn", env, shift=3).pad == 0  # no views to shift
+    with pytest.raises(ValueError, match="crop_margin .* or shift .*, not both"):
+        make_agent("crops", env, crop_margin=2, shift=2)
+    with pytest.raises(ValueError, match="pad must be an int >= 0, and > 0 only with crop"):
+        DQNAgent((6, 12, 12), 3, pad=2)
 
 
 def test_a_short_run_records_episodes_and_evaluations():

@@ -4,10 +4,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clcourse.encoders import PixelEncoder
 from clcourse.losses import bilinear_info_nce
-from clcourse.methods.curl import CURL, center_crop, random_crop, to_unit
+from clcourse.methods.curl import CURL, center_crop, random_crop, random_view, to_unit
 
 
 def stacked_frames(batch=16, frames=3, size=12):
@@ -29,6 +30,25 @@ def test_a_crop_is_one_window_for_the_whole_stack():
     assert len(corners) > 1  # each row its own window
     again = random_crop(frames, 7, torch.Generator().manual_seed(0))
     assert torch.equal(again, crops)
+
+
+def test_a_random_shift_pads_with_edge_pixels_and_keeps_the_size():
+    frames = stacked_frames(batch=32, size=8)
+    assert torch.equal(random_view(frames, 5, 0, torch.Generator().manual_seed(3)),
+                       random_crop(frames, 5, torch.Generator().manual_seed(3)))  # pad 0: a crop
+    shifted = random_view(frames, 8, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == frames.shape
+    padded = F.pad(frames, (2, 2, 2, 2), mode="replicate")
+    moves = set()
+    for row, view in zip(padded, shifted):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(view, row[:, dy:dy + 8, dx:dx + 8])]
+        assert matches  # a window of the padded stack, the same for every channel
+        moves.add(matches[0])
+    assert len(moves) > 5  # shifts of up to 2 px each way, drawn per row
+    edge = padded[0, :, 0, 0]
+    assert torch.equal(edge, frames[0, :, 0, 0])  # the padding repeats the edge: no black border appears
+    with pytest.raises(ValueError, match="pad must be an int >= 0"):
+        random_view(frames, 8, -1)
 
 
 def test_center_crop_and_unit_scaling():
@@ -58,6 +78,20 @@ def test_bilinear_info_nce_matches_a_loop():
         bilinear_info_nce(q, k, w[:3])
     with pytest.raises(ValueError, match="N >= 2"):
         bilinear_info_nce(q[:1], k[:1], w)
+
+
+def test_the_logit_scale_multiplies_every_similarity():
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    w = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    expected = 0.0
+    for i in range(5):
+        scores = [0.1 * float(q[i] @ w @ k[j]) for j in range(5)]
+        expected += -scores[i] + math.log(sum(math.exp(s) for s in scores))
+    torch.testing.assert_close(bilinear_info_nce(q, k, w, 0.1), torch.tensor(expected / 5, dtype=torch.float64))
+    torch.testing.assert_close(bilinear_info_nce(q, k, w, 0.1), bilinear_info_nce(q, k, 0.1 * w))
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+        bilinear_info_nce(q, k, w, 0.0)
 
 
 def test_the_key_encoder_moves_with_momentum_and_gets_no_gradient():

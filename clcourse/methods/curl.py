@@ -20,13 +20,14 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from clcourse.checks import check_number, shape_of
 from clcourse.losses import bilinear_info_nce
 from clcourse.methods.base import Method
 
-__all__ = ["CURL", "center_crop", "random_crop", "to_unit"]
+__all__ = ["CURL", "center_crop", "random_crop", "random_view", "to_unit"]
 
 
 def _check_frames(frames: Tensor, size: int) -> None:
@@ -55,6 +56,21 @@ def random_crop(frames: Tensor, size: int, generator: torch.Generator | None = N
     return frames[batch, channels, rows, cols]
 
 
+def random_view(frames: Tensor, size: int, pad: int = 0, generator: torch.Generator | None = None) -> Tensor:
+    """A random ``size`` x ``size`` window of frames [B, C, H, W] padded by ``pad`` px of repeated edge pixels.
+
+    ``pad`` = 0 is :func:`random_crop`. ``size`` = H with ``pad`` > 0 is the *random shift* of DrQ and of CURL's
+    Atari code (their pad 4 around 84 px): the picture moves by up to ``pad`` px and keeps its size, where a
+    smaller crop loses its border. One window per row, the same for all its channels.
+    """
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0 (pixels repeated around the frames), got {pad!r}")
+    if pad:
+        _check_frames(frames, 1)
+        frames = F.pad(frames, (pad,) * 4, mode="replicate")
+    return random_crop(frames, size, generator)
+
+
 def center_crop(frames: Tensor, size: int) -> Tensor:
     """The central ``size`` x ``size`` window of frames [B, C, H, W]: what the agent sees when it acts."""
     _check_frames(frames, size)
@@ -75,7 +91,11 @@ class CURL(Method):
         encoder: f, the agent's encoder (shared: the agent's updates and this loss both train it); maps floats
             [B, C, crop, crop] in [0, 1] to [B, D] with ``encoder.out_dim`` = D.
         crop: the side of the crops (CURL: 84 out of 100-px renders).
-        momentum: m of the key encoder's update f_m <- m f_m + (1 - m) f (CURL's code: 0.95, its tau = 0.05).
+        momentum: m of the key encoder's update f_m <- m f_m + (1 - m) f (CURL's code: 0.95, its tau = 0.05;
+            0.999 in its Atari code).
+        pad: crops of the frames padded by this many repeated edge pixels (:func:`random_view`): ``crop`` = H
+            with ``pad`` 4 is the random shift of CURL's Atari code; 0 (default) crops the frames themselves.
+        logit_scale: s of :func:`clcourse.losses.bilinear_info_nce` (CURL's Atari code: 0.1; default 1).
 
     ``training_step(frames)`` takes uint8 or [0, 1] float observations [B, C, H, W] with B >= 2 and returns the
     contrastive loss; ``on_step_end()`` moves the key encoder. The encoder and W train; the key encoder does not.
@@ -83,7 +103,8 @@ class CURL(Method):
 
     sync_batch_norm = False
 
-    def __init__(self, encoder: nn.Module, crop: int, momentum: float = 0.95, generator: torch.Generator | None = None):
+    def __init__(self, encoder: nn.Module, crop: int, momentum: float = 0.95, generator: torch.Generator | None = None,
+                 pad: int = 0, logit_scale: float = 1.0):
         super().__init__(encoder, gather_distributed=None)
         dim = getattr(encoder, "out_dim", None)
         if not isinstance(dim, int) or dim < 1:
@@ -91,14 +112,21 @@ class CURL(Method):
         self.momentum = check_number("momentum", momentum, strict=False)
         if self.momentum >= 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        self.crop, self.generator = crop, generator
+        if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+            raise ValueError(f"pad must be an int >= 0 (pixels repeated around the frames), got {pad!r}")
+        self.logit_scale = check_number("logit_scale", logit_scale)
+        self.crop, self.pad, self.generator = crop, pad, generator
         self.key_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.weight = nn.Parameter(torch.rand(dim, dim))  # CURL's code starts W uniform in [0, 1)
 
     def training_step(self, frames: Tensor) -> Tensor:
         """The bilinear InfoNCE of two random crops of each observation: anchors through f, positives through f_m."""
         frames = self._unit_batch(frames)
-        return self.contrast(self.encoder(random_crop(frames, self.crop, self.generator)), frames)
+        return self.contrast(self.encoder(self.view(frames)), frames)
+
+    def view(self, frames: Tensor) -> Tensor:
+        """A random view [B, C, crop, crop] of frames [B, C, H, W]: a crop, of the padded frames when ``pad``."""
+        return random_view(frames, self.crop, self.pad, self.generator)
 
     def contrast(self, queries: Tensor, frames: Tensor) -> Tensor:
         """The loss for queries [B, D] = f(anchor crops of ``frames`` [B, C, H, W]) computed elsewhere.
@@ -111,12 +139,12 @@ class CURL(Method):
             raise ValueError(f"queries must be [B, D] with B = {frames.shape[0]} (one per observation), "
                              f"got {shape_of(queries)}")
         with torch.no_grad():
-            keys = self.key_encoder(random_crop(frames, self.crop, self.generator))
-        return bilinear_info_nce(queries, keys, self.weight)
+            keys = self.key_encoder(self.view(frames))
+        return bilinear_info_nce(queries, keys, self.weight, self.logit_scale)
 
     def _unit_batch(self, frames: Tensor) -> Tensor:
-        """frames [B, C, H, W] (B >= 2, large enough for the crop) as floats in [0, 1]."""
-        _check_frames(frames, self.crop)
+        """frames [B, C, H, W] (B >= 2, large enough for the crop once padded) as floats in [0, 1]."""
+        _check_frames(frames, max(1, self.crop - 2 * self.pad))
         if frames.shape[0] < 2:
             raise ValueError(f"CURL needs a batch of at least 2 observations (the other rows are the negatives), "
                              f"got {shape_of(frames)}")
