@@ -90,6 +90,10 @@ class DQNAgent(nn.Module):
         td_on_crops: the TD loss sees random crops (True: as the issue's CURL and CURL's control-suite code,
             whose critic trains on crops); False: it sees what the agent acts on, as CURL's Atari code, and CURL's
             anchors are then a separate random crop through the encoder.
+        separate_curl_update: CURL's loss takes its own optimiser step after the TD step (its own Adam over the
+            encoder and W, as CURL's control-suite code), instead of one step on the weighted sum of both losses
+            (its Atari code). Adam scales each step by its own gradients, so a contrastive loss hundreds of
+            times larger than the TD loss cannot drown the TD loss's direction in the encoder.
         feature_dim, layers, filters: the :class:`PixelEncoder`'s code size, depth and width.
         gamma: the discount; lr: Adam's learning rate for everything; target_tau: the target network's Polyak
             step after each update; curl_momentum: the key encoder's momentum; curl_logit_scale: the factor of
@@ -101,7 +105,8 @@ class DQNAgent(nn.Module):
     """
 
     def __init__(self, obs_shape: tuple[int, int, int], actions: int, *, crop: int | None = None, pad: int = 0,
-                 curl: bool = False, td_on_crops: bool = True, curl_weight: float = 1.0, feature_dim: int = 50,
+                 curl: bool = False, td_on_crops: bool = True, separate_curl_update: bool = False,
+                 curl_weight: float = 1.0, feature_dim: int = 50,
                  layers: int = 2, filters: int = 32, hidden: int = 128, gamma: float = 0.99, lr: float = 1e-3,
                  target_tau: float = 0.01, curl_momentum: float = 0.95, curl_logit_scale: float = 1.0,
                  grad_clip: float | None = None, generator: torch.Generator | None = None):
@@ -119,13 +124,18 @@ class DQNAgent(nn.Module):
         self.obs_shape, self.actions, self.crop, self.pad = tuple(obs_shape), actions, crop, pad
         self.gamma, self.target_tau, self.curl_weight = gamma, target_tau, curl_weight
         self.td_on_crops, self.grad_clip = td_on_crops, grad_clip
+        self.separate_curl_update = separate_curl_update and curl
         side = crop or height
         self.encoder = PixelEncoder(channels, side, feature_dim, layers, filters)
         self.head = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, actions))
         self.target = copy.deepcopy(nn.ModuleDict({"encoder": self.encoder, "head": self.head})).requires_grad_(False)
         self.curl = CURL(self.encoder, crop, curl_momentum, generator, pad, curl_logit_scale) if curl else None
         self.generator = generator
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        if self.separate_curl_update:
+            self.optimizer = torch.optim.Adam([*self.encoder.parameters(), *self.head.parameters()], lr=lr)
+            self.curl_optimizer = torch.optim.Adam([*self.encoder.parameters(), self.curl.weight], lr=lr)
+        else:
+            self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
 
     def _view(self, frames: Tensor, train: bool) -> Tensor:
         frames = to_unit(frames)
@@ -149,23 +159,22 @@ class DQNAgent(nn.Module):
         key encoder's and the target's moving averages. Returns the losses."""
         device = next(self.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        codes = self.encoder(self._view(batch["obs"], train=self.td_on_crops))
+        views = self._view(batch["obs"], train=self.td_on_crops)
+        codes = self.encoder(views)
         q = self.head(codes).gather(1, batch["action"][:, None]).squeeze(1)
         with torch.no_grad():
             following = self.target["head"](self.target["encoder"](self._view(batch["next_obs"],
                                                                               train=self.td_on_crops)))
             target = batch["reward"] + self.gamma * (1 - batch["done"]) * following.amax(dim=1)
         losses = {"td": F.smooth_l1_loss(q, target)}
-        if self.curl is not None:
-            # With TD on crops, the anchors are the crops it just encoded, as in CURL's control-suite code.
-            contrast = (self.curl.contrast(codes, batch["obs"]) if self.td_on_crops
-                        else self.curl.training_step(batch["obs"]))
-            losses["curl"] = self.curl_weight * contrast
-        self.optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
-        self.optimizer.step()
+        if self.curl is not None and not self.separate_curl_update:
+            losses["curl"] = self.curl_weight * self._contrast(codes, batch["obs"])
+        self._step(self.optimizer, sum(losses.values()))
+        if self.separate_curl_update:
+            # CURL's control-suite code: the critic's step first, then CURL's through the updated encoder
+            codes = self.encoder(views) if self.td_on_crops else None
+            losses["curl"] = self.curl_weight * self._contrast(codes, batch["obs"])
+            self._step(self.curl_optimizer, losses["curl"])
         if self.curl is not None:
             self.curl.on_step_end()
         with torch.no_grad():
@@ -173,6 +182,19 @@ class DQNAgent(nn.Module):
             for target_p, online_p in zip(self.target.parameters(), online):
                 target_p.lerp_(online_p, self.target_tau)
         return {name: value.item() for name, value in losses.items()}
+
+
+    def _contrast(self, codes: Tensor | None, obs: Tensor) -> Tensor:
+        """CURL's loss: anchors the TD loss's crops (their codes [B, D]) as in CURL's control-suite code; with TD on
+        whole frames (``codes`` None), a view of their own through the encoder."""
+        return self.curl.contrast(codes, obs) if self.td_on_crops else self.curl.training_step(obs)
+
+    def _step(self, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], self.grad_clip)
+        optimizer.step()
 
 
 def make_agent(kind: str, env: gym.Env, seed: int = 0, crop_margin: int | None = None, shift: int | None = None,

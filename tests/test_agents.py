@@ -92,6 +92,21 @@ def test_gradients_are_clipped_to_the_norm_asked():
         DQNAgent((6, 12, 12), 3, grad_clip=0.0)
 
 
+def test_a_separate_curl_update_steps_its_own_optimiser_after_the_td_step():
+    torch.manual_seed(0)
+    agent = DQNAgent((6, 12, 12), 3, crop=10, curl=True, separate_curl_update=True, feature_dim=8, layers=1,
+                     filters=4, hidden=8, generator=torch.Generator().manual_seed(0))
+    td_params = {id(p) for group in agent.optimizer.param_groups for p in group["params"]}
+    curl_params = {id(p) for group in agent.curl_optimizer.param_groups for p in group["params"]}
+    encoder = {id(p) for p in agent.encoder.parameters()}
+    assert td_params == encoder | {id(p) for p in agent.head.parameters()}  # no W in the TD step
+    assert curl_params == encoder | {id(agent.curl.weight)}  # no head in CURL's
+    weight = agent.curl.weight.detach().clone()
+    losses = agent.update(replay_batch())
+    assert set(losses) == {"td", "curl"} and not torch.equal(agent.curl.weight, weight)
+    assert all(len(agent.curl_optimizer.state[p]) > 0 for p in agent.encoder.parameters())  # CURL stepped f too
+
+
 def test_make_agent_builds_crops_or_shifts():
     env = PixelGrid()
     side = env.observation_space.shape[-1]
