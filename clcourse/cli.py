@@ -140,8 +140,8 @@ def run_exercises_build(args: argparse.Namespace) -> int:
 
 # The names of clcourse.recipes.METHODS / DATASETS, repeated so that --help need not import torch
 # (tests/test_cli.py checks that they agree).
-TRAIN_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl", "pixel-contrast", "pcrl")
-TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder", "scenes", "lesions")
+TRAIN_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl", "pixel-contrast", "pcrl", "sscl")
+TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder", "scenes", "lesions", "reviews")
 
 
 def _dataset_name(text: str) -> str:
@@ -160,17 +160,19 @@ def add_train_command(subparsers) -> None:
         description="Train a method with the recipe of the profile (clcourse/recipes.py), then evaluate it: "
                     "the image methods' encoder by kNN and linear probes with 1%%, 10%% and 100%% of the labels; "
                     "pixel-contrast (on scenes) by the mIoU of its segmentation; pcrl (on lesions) by the "
-                    "lesion Dice after fine-tuning its U-Net on a few labelled slices. "
+                    "lesion Dice after fine-tuning its U-Net on a few labelled slices; sscl (on reviews) by the "
+                    "per-aspect F1 and macro-F1 of the aspects it detects in review sentences. "
                     "Writes DIR/last.pt (after an epoch, at most every 30 s, and at the end), DIR/history.json "
                     "and DIR/metrics.json. "
                     "Under 'torchrun --nproc_per_node=K -m clcourse train ...' an image method trains with "
                     "DistributedDataParallel (gloo on CPUs, nccl on GPUs), negatives gathered from every "
-                    "process; --batch-size is the global batch. The dense methods train on one process.")
+                    "process; --batch-size is the global batch. The dense methods and sscl train on one process.")
     parser.add_argument("method", choices=TRAIN_METHODS, metavar="METHOD", help=f"one of {', '.join(TRAIN_METHODS)}")
     parser.add_argument("--dataset", type=_dataset_name, metavar="NAME",
                         help="digits, shapes, cifar10, stl10 or folder:PATH (your images, one sub-folder per "
                              "class) (default: digits in the quick profile, cifar10 in the full one; stl10 is "
-                             "full only); pixel-contrast trains on scenes, pcrl on lesions (their default)")
+                             "full only); pixel-contrast trains on scenes, pcrl on lesions, sscl on reviews (their "
+                             "default)")
     parser.add_argument("--profile", choices=("quick", "full", "auto"), default=None,
                         help="default: $CLCOURSE_PROFILE, else auto (quick on a CPU, full on a GPU)")
     budget = parser.add_mutually_exclusive_group()
@@ -213,6 +215,14 @@ def run_train(args: argparse.Namespace) -> int:
     from clcourse.recipes import get_recipe
     from clcourse.runs import train_run
 
+    if args.method == "sscl":
+        unused = [flag for flag, value in (("--image-size", args.image_size), ("--temperature", args.temperature),
+                                           ("--draws", args.draws), ("--finetune-steps", args.finetune_steps))
+                  if value is not None]
+        if unused:
+            return _fail("train", f"sscl trains on sentences with unscaled cosines and scores them by F1: "
+                                  f"{', '.join(unused)} do not apply; expected the budget, --batch-size, --lr, "
+                                  "--seed or --device")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and args.seconds is not None:
         return _fail("train", "--seconds cannot be used with torchrun: processes would stop at different "

@@ -19,6 +19,7 @@ directions).
     EUSIPCO 2007.
 [5] Everingham et al., The PASCAL Visual Object Classes (VOC) Challenge, IJCV 2010 (per-class IoU, its
     mean over classes).
+[6] Shi et al., SSCL, 2021 (aspect detection scored by per-aspect precision, recall, F1 and macro-F1).
 """
 
 from __future__ import annotations
@@ -434,6 +435,42 @@ def dice(pred: torch.Tensor, target: torch.Tensor, foreground: int = 1) -> float
     return 1.0 if total == 0 else 2.0 * int((p & t).sum()) / total
 
 
+# --------------------------------------------------------------------------- aspect detection
+
+def aspect_scores(predicted: torch.Tensor, gold: torch.Tensor, num_aspects: int) -> dict[str, torch.Tensor]:
+    """Precision, recall and F1 of every aspect, and their macro-F1, as aspect detection is scored [6].
+
+    Args:
+        predicted, gold: int64 [N], each sentence's aspect in [0, num_aspects), or -1 for "no aspect" (a
+            neutral sentence, or one a mapping left general). -1 is not scored as a class of its own but every
+            sentence counts: a neutral sentence given aspect k is a false positive of k, an aspect-k sentence
+            given -1 a false negative of k.
+        num_aspects: K >= 1, the gold aspects scored.
+
+    Returns:
+        ``precision``, ``recall``, ``f1``: float64 [K] (0 where a denominator is 0: an aspect never predicted
+        has precision 0, as scikit-learn's ``zero_division=0``); ``macro_f1``: float64 [], the mean of ``f1``.
+    """
+    if not isinstance(num_aspects, int) or isinstance(num_aspects, bool) or num_aspects < 1:
+        raise ValueError(f"num_aspects must be a positive int, got {num_aspects!r}")
+    for name, x in (("predicted", predicted), ("gold", gold)):
+        if not isinstance(x, torch.Tensor) or x.ndim != 1 or x.is_floating_point() or x.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor [N] of aspects (-1: none), got "
+                             f"{f'{x.dtype} {list(x.shape)}' if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if x.numel() and (int(x.min()) < -1 or int(x.max()) >= num_aspects):
+            raise ValueError(f"{name} holds {int(x.min())}..{int(x.max())}, outside [-1, {num_aspects})")
+    if predicted.shape != gold.shape:
+        raise ValueError(f"predicted and gold must have the same length, got {len(predicted)} and {len(gold)}")
+    aspects = torch.arange(num_aspects)
+    is_predicted = predicted.cpu()[:, None] == aspects  # [N, K]
+    is_gold = gold.cpu()[:, None] == aspects
+    true_positives = (is_predicted & is_gold).sum(dim=0).double()
+    precision = true_positives / is_predicted.sum(dim=0).clamp_min(1)
+    recall = true_positives / is_gold.sum(dim=0).clamp_min(1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
+    return {"precision": precision, "recall": recall, "f1": f1, "macro_f1": f1.mean()}
+
+
 # --------------------------------------------------------------------------- evaluation protocols of a run
 
 PROBE_FRACTIONS = (("1%", 0.01), ("10%", 0.1), ("100%", None))
@@ -636,8 +673,55 @@ def finetune_segmentation_rows(metrics: dict) -> list[tuple[str, str]]:
             ("Dice", dice_text), *segmentation_rows(metrics)]
 
 
+# --------------------------------------------------------------------------- the aspect protocol of a run
+
+
+@torch.no_grad()
+def aspect_detection(method: nn.Module, eval_train, eval_test, *, device=None, batch_size: int = 512,
+                     min_share: float = 0.5) -> dict:
+    """Score an aspect detector (SSCL [6]) on review sentences.
+
+    ``method.predict(ids [B, L]) -> learnt aspects int64 [B]`` labels the sentences of ``eval_train`` and
+    ``eval_test`` (:class:`~clcourse.data.Reviews`) in batches of ``batch_size``;
+    :func:`~clcourse.methods.sscl.map_aspects` maps each of the method's K learnt aspects to a gold one with the
+    training sentences' labels (``min_share``); :func:`aspect_scores` scores the mapped test predictions, neutral
+    sentences included. ``device``: default the method's.
+
+    Returns:
+        ``macro_f1``; ``precision``, ``recall``, ``f1``: {aspect name: value}; ``mapping``: the gold aspect
+        name (or "none") of every learnt aspect; ``test_sentences``, ``labelled_sentences``.
+    """
+    # Imported here: clcourse.methods imports this module (PCL's k-means reads extract_features).
+    from clcourse.data.reviews import ASPECTS
+    from clcourse.methods.sscl import map_aspects
+
+    device = next(method.parameters()).device if device is None else torch.device(device)
+    num_learnt = method.aspects.shape[0]
+
+    def predict(reviews) -> torch.Tensor:
+        with eval_mode(method):
+            return torch.cat([method.predict(ids.to(device)).cpu() for ids in reviews.ids.split(batch_size)])
+
+    mapping = map_aspects(predict(eval_train), eval_train.labels, num_learnt, min_share)
+    scores = aspect_scores(mapping[predict(eval_test)], eval_test.labels, len(ASPECTS))
+    per_aspect = {key: dict(zip(ASPECTS, scores[key].tolist())) for key in ("precision", "recall", "f1")}
+    return dict(macro_f1=float(scores["macro_f1"]), **per_aspect,
+                mapping=[ASPECTS[k] if k >= 0 else "none" for k in mapping.tolist()],
+                test_sentences=len(eval_test), labelled_sentences=len(eval_train))
+
+
+def aspect_rows(metrics: dict) -> list[tuple[str, str]]:
+    """The report lines of :func:`aspect_detection`'s metrics."""
+    per_aspect = ", ".join(f"{name} {100 * metrics['precision'][name]:.1f}/{100 * metrics['recall'][name]:.1f}/"
+                           f"{100 * f1:.1f}" for name, f1 in metrics["f1"].items())
+    return [("macro-F1", f"{100 * metrics['macro_f1']:.1f}% over {len(metrics['f1'])} aspects "
+                         f"({metrics['test_sentences']} test sentences)"),
+            ("P/R/F1", per_aspect)]
+
+
 PROTOCOLS: dict[str, Protocol] = {
     "representation": Protocol(_method_representation, representation_rows),
     "segmentation": Protocol(_method_segmentation, segmentation_rows),
     "finetune-segmentation": Protocol(finetune_segmentation, finetune_segmentation_rows),
+    "aspects": Protocol(aspect_detection, aspect_rows),
 }

@@ -62,6 +62,13 @@ recipes (a 600-step budget at batch 32 with Adam, the methods' own defaults othe
 term after a warm-up of half the steps) are measured against their baselines by
 ``benchmarks/bench_dense_recipes.py`` (``benchmarks/README.md``); the full ones are not.
 
+``sscl`` on ``reviews`` (:func:`~clcourse.data.make_reviews` with :data:`~clcourse.data.reviews.HARD`, one draw
+of seed 0 cut into training and test sentences) detects the aspect of review sentences [SSCL]: skip-gram word
+vectors of the training sentences, then SSCL from aspects initialised by k-means of those vectors, on batches of
+word ids (:class:`~clcourse.data.reviews.SentenceLoader`); the ``"aspects"`` protocol maps the learnt aspects to
+gold ones with the training sentences' labels and reads per-aspect precision, recall, F1 and macro-F1 on the
+test sentences. One process only; the quick recipe is measured by ``benchmarks/bench_sscl.py``.
+
 References (``Recipe.sources`` names them by these keys):
 
 [SIMCLR] Chen et al., A Simple Framework for Contrastive Learning of Visual
@@ -94,6 +101,8 @@ References (``Recipe.sources`` names them by these keys):
 [PCRL] Zhou et al., Preservational Learning Improves Self-supervised Medical Image Models by
     Reconstructing Diverse Contexts, ICCV 2021, and the authors' code github.com/Luchixiang/PCRL
     (t = 0.2; :mod:`clcourse.methods.pcrl` lists where the course differs).
+[SSCL] Shi et al., A Simple and Effective Self-Supervised Contrastive Learning Framework for Aspect Detection,
+    AAAI 2021 (its code: smoothness 0.5, Adam lr 2e-4, batch 50).
 """
 
 from __future__ import annotations
@@ -112,12 +121,16 @@ from clcourse.train import Budget
 IMAGE_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl")
 IMAGE_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
 DENSE_DATASETS = ("scenes", "lesions")
-DATASETS = IMAGE_DATASETS + DENSE_DATASETS
+TEXT_DATASETS = ("reviews",)
+DATASETS = IMAGE_DATASETS + DENSE_DATASETS + TEXT_DATASETS
 PROFILES = ("quick", "full")
 DEFAULT_DATASET = {"quick": "digits", "full": "cifar10"}  # of the image methods; a dense method has its own
 DENSE_DATASET = {"pixel-contrast": "scenes", "pcrl": "lesions"}  # the dataset each dense method trains on
 DENSE_METHODS = tuple(DENSE_DATASET)
-METHODS = IMAGE_METHODS + DENSE_METHODS
+TEXT_DATASET = {"sscl": "reviews"}  # the dataset each text method trains on
+TEXT_METHODS = tuple(TEXT_DATASET)
+OWN_DATASET = {**DENSE_DATASET, **TEXT_DATASET}  # the methods that train on one dataset of their own
+METHODS = IMAGE_METHODS + DENSE_METHODS + TEXT_METHODS
 
 SOURCES = {
     "SIMCLR": "Chen et al., SimCLR, ICML 2020, appendix B.9 (CIFAR-10)",
@@ -133,15 +146,24 @@ SOURCES = {
     "PIXEL-CONTRAST": "Wang et al., Exploring Cross-Image Pixel Contrast for Semantic Segmentation, ICCV 2021",
     "PCRL": "Zhou et al., Preservational Learning Improves Self-supervised Medical Image Models by Reconstructing "
     "Diverse Contexts, ICCV 2021; github.com/Luchixiang/PCRL",
+    "SSCL": "Shi et al., A Simple and Effective Self-Supervised Contrastive Learning Framework for Aspect Detection, "
+    "AAAI 2021",
 }
 
 
 def check_method_and_dataset(method: str, dataset: str) -> None:
     """Raise a ValueError unless ``method`` trains on ``dataset``: an image method on an image dataset, a
-    dense method on its own (:data:`DENSE_DATASET`)."""
+    dense method on its own (:data:`DENSE_DATASET`), a text method on its own (:data:`TEXT_DATASET`)."""
+    if method in TEXT_DATASET and dataset != TEXT_DATASET[method]:
+        raise ValueError(f"{method} detects the aspects of sentences: it trains on {TEXT_DATASET[method]} (review "
+                         f"sentences), not {dataset}; use --dataset {TEXT_DATASET[method]}")
     if method in DENSE_DATASET and dataset != DENSE_DATASET[method]:
         raise ValueError(f"{method} is a dense method: it trains on {DENSE_DATASET[method]} (images with a class "
                          f"per pixel), not {dataset}; use --dataset {DENSE_DATASET[method]}")
+    if method not in TEXT_DATASET and dataset in TEXT_DATASETS:
+        users = " and ".join(m for m, d in TEXT_DATASET.items() if d == dataset)
+        raise ValueError(f"{dataset} holds sentences, not images: only {users} trains on it; {method} trains on "
+                         f"images")
     if method not in DENSE_DATASET and dataset in DENSE_DATASETS:
         users = " and ".join(m for m, d in DENSE_DATASET.items() if d == dataset)
         raise ValueError(f"{dataset} is a segmentation dataset (a class per pixel), trained on by {users}; "
@@ -166,7 +188,9 @@ class Recipe:
         encoder: ``"small_cnn"``, ``"resnet18_cifar"`` (3x3 stem, no max-pool [SIMCLR])
             or ``"resnet18"`` (torchvision's 7x7 stride-2 stem, for 96 px images); for the dense
             methods ``"small_segmenter"`` (:class:`~clcourse.encoders.SmallSegmenter`, pixel contrast)
-            or ``"unet"`` (:class:`~clcourse.unet.UNetEncoder`, PCRL).
+            or ``"unet"`` (:class:`~clcourse.unet.UNetEncoder`, PCRL); ``"smooth_attention"`` for SSCL, whose
+            ``encoder_options`` are the arguments of :func:`~clcourse.word_vectors.train_word_vectors` (its
+            sentences have no image size: ``image_size`` and ``in_channels`` are 0).
         encoder_width, encoder_options: the SmallCNN's and the SmallSegmenter's width, and further
             arguments (the SmallCNN's ``pool_size``, the SmallSegmenter's ``embedding_dim``, the U-Net's
             ``widths``); ignored by the ResNets.
@@ -175,7 +199,7 @@ class Recipe:
         projection_dim, hidden_dim, head_layers: the projection head (``hidden_dim``
             None: the encoder's out_dim); PCRL reads the first two (its head has 2 layers), pixel
             contrast none (its head is the segmenter's).
-        temperature: of the contrastive loss.
+        temperature: of the contrastive loss (SSCL's compares unscaled cosines: 1.0, unused).
         method_options: further constructor arguments of the method (MoCo's
             ``queue_size``, ``momentum``, ``shuffle_bn_groups``; SupCon's ``variant``; NNCLR's
             ``support_size``, ``prediction_hidden_dim``; PCL's ``num_clusters``, ``warmup_epochs``;
@@ -195,8 +219,8 @@ class Recipe:
             of [SIMCLR] and [LIGHTLY]); ``"none"`` keeps it.
         weight_decay, schedule (``"constant"`` | ``"cosine"``), warmup (fraction of the budget).
         evaluation: the protocol of :data:`clcourse.evaluate.PROTOCOLS` that measures the run:
-            ``"representation"`` (image methods), ``"segmentation"`` (pixel contrast) or
-            ``"finetune-segmentation"`` (PCRL).
+            ``"representation"`` (image methods), ``"segmentation"`` (pixel contrast),
+            ``"finetune-segmentation"`` (PCRL) or ``"aspects"`` (SSCL).
         knn_k, knn_temperature: the kNN evaluation (k = 200, t = 0.1 in [LIGHTLY]
             and [MOCO-DEMO]; k = 20, t = 0.07 in the lessons).
         probe_draws: label draws averaged by the 1% and 10% linear probes.
@@ -281,7 +305,7 @@ class Recipe:
             raise ValueError(f"small_views must be an int >= 0, with a small_size exactly when > 0; got "
                              f"small_views={self.small_views!r}, small_size={self.small_size!r}")
         required = {}
-        if self.dataset in DENSE_DATASETS:  # generated: the sizes say how many images to draw
+        if self.dataset in DENSE_DATASETS + TEXT_DATASETS:  # generated: the sizes say how many to draw
             required.update(train_size=self.train_size, test_size=self.test_size)
         if self.evaluation == "finetune-segmentation":
             required.update(finetune_size=self.finetune_size, finetune_steps=self.finetune_steps,
@@ -319,11 +343,11 @@ class Recipe:
     def views_per_image(self) -> int:
         """Views the method encodes per training image, for the throughput: 1 for pixel contrast (the
         augmented image itself), 2 for the others (SwAV's small crops are not counted)."""
-        return 1 if self.method == "pixel-contrast" else 2
+        return 1 if self.method in ("pixel-contrast", "sscl") else 2
 
     def evaluation_options(self) -> dict[str, Any]:
         """Keyword arguments of the recipe's evaluation protocol."""
-        if self.evaluation == "segmentation":
+        if self.evaluation in ("segmentation", "aspects"):
             return {}
         if self.evaluation == "finetune-segmentation":
             return dict(steps=self.finetune_steps, lr=self.finetune_lr, batch_size=self.finetune_batch_size,
@@ -351,11 +375,17 @@ class Recipe:
         opt += f" wd {self.weight_decay:g}, {self.schedule}" + (f", warm-up {self.warmup:.0%}" if self.warmup else "")
         options = "".join(f", {k} {v}" for k, v in self.method_options.items())
         data = f"{self.dataset}:{self.data_path}" if self.data_path else self.dataset
-        lines = [
-            f"recipe  {self.method} / {data} / {self.profile}: {self.encoder} at "
-            f"{self.image_size}x{self.image_size}, batch {self.batch_size}, {self.budget}",
-            f"        {opt}; temperature {self.temperature:g}{options}",
-        ]
+        if self.method in TEXT_METHODS:
+            words = ", ".join(f"{k} {v}" for k, v in self.encoder_options.items())
+            lines = [f"recipe  {self.method} / {data} / {self.profile}: {self.train_size} training sentences, word "
+                     f"vectors ({words}), batch {self.batch_size}, {self.budget}",
+                     f"        {opt}{options}"]
+        else:
+            lines = [
+                f"recipe  {self.method} / {data} / {self.profile}: {self.encoder} at "
+                f"{self.image_size}x{self.image_size}, batch {self.batch_size}, {self.budget}",
+                f"        {opt}; temperature {self.temperature:g}{options}",
+            ]
         if self.evaluation == "finetune-segmentation":
             lines.append(f"eval    fine-tune {self.finetune_steps} steps on {self.finetune_size} labelled images, "
                          f"batch {self.finetune_batch_size}, Adam lr {self.finetune_lr:g}, cosine")
@@ -608,6 +638,9 @@ def _large_image_recipe(method: str, dataset: str, data_path: str | None) -> Rec
 _NOT_MEASURED = ("not measured yet (the figure will come from training this recipe in benchmarks/, recorded in "
                  "benchmarks/README.md)")
 _MEASURED_QUICK = "(benchmarks/bench_dense_recipes.py, seeds 0-2, recorded in benchmarks/README.md)"
+_SSCL_QUICK_EXPECTED = ("about 73% (73.3 +- 16.0%: 86.6, 77.9 and 55.5% for seeds 0-2, seed 2 mapping none of its "
+                        "12 aspects to ambience) (clcourse train sscl --seed N, recorded in benchmarks/README.md "
+                        "with benchmarks/bench_sscl.py's baselines)")
 
 
 def _pixel_contrast_recipe(profile: str) -> Recipe:
@@ -669,6 +702,34 @@ def _pcrl_recipe(profile: str) -> Recipe:
 _DENSE_RECIPES = {"pixel-contrast": _pixel_contrast_recipe, "pcrl": _pcrl_recipe}
 
 
+def _sscl_recipe(profile: str) -> Recipe:
+    """SSCL [SSCL] on the generated reviews: word vectors of the training sentences, then SSCL from k-means aspects."""
+    quick = profile == "quick"
+    test_size = 600 if quick else 4000
+    return Recipe(
+        method="sscl", profile=profile, dataset="reviews", image_size=0, in_channels=0, encoder="smooth_attention",
+        train_size=2400 if quick else 40000, test_size=test_size,
+        encoder_options=dict(dim=24 if quick else 64), batch_size=64 if quick else 50,
+        steps=300 if quick else 10000, optimizer="adam", lr=3e-3 if quick else 2e-4, weight_decay=0.0,
+        schedule="constant", temperature=1.0, method_options=dict(num_aspects=12, smooth=2.0 if quick else 0.5),
+        evaluation="aspects",
+        expected=(f"macro-F1 over the 4 aspects of the {test_size} test sentences (neutral ones included): "
+                  f"{_SSCL_QUICK_EXPECTED}" if quick else
+                  f"macro-F1 over the 4 aspects of the {test_size} test sentences: {_NOT_MEASURED}."),
+        sources=("SSCL",),
+        notes="The corpus is make_reviews with clcourse.data.reviews.HARD (shared words and nouns, distractor "
+              "clauses, filler phrases, 20% neutral sentences), one draw of seed 0 cut into training and test "
+              "sentences. Skip-gram word vectors of the training sentences (kept fixed, as [SSCL]), 12 learnt "
+              "aspects initialised by k-means of the word vectors, each mapped afterwards to the gold aspect most "
+              "of its training sentences carry (at least half of them, else to none). "
+              + ("The quick profile's smoothness 2.0 and lr 3e-3 are what benchmarks/bench_sscl.py found to work in "
+                 "300 steps; [SSCL]'s code uses 0.5, lr 2e-4 and batch 50, which the full profile keeps (0.5 "
+                 "scored lower on this corpus in the quick budget, see benchmarks/README.md)." if quick else
+                 "The full profile is [SSCL]'s code's smoothness 0.5, lr 2e-4 and batch 50 on a larger corpus, "
+                 "unmeasured."),
+    )
+
+
 def get_recipe(method: str, profile: str | None = None, dataset: str | None = None) -> Recipe:
     """The recipe for ``method`` on ``dataset`` in ``profile``.
 
@@ -690,7 +751,7 @@ def get_recipe(method: str, profile: str | None = None, dataset: str | None = No
     profile = get_profile(profile).name if profile in (None, "auto") else profile
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} or 'auto', got {profile!r}")
-    dataset = DENSE_DATASET.get(method, DEFAULT_DATASET[profile]) if dataset is None else dataset
+    dataset = OWN_DATASET.get(method, DEFAULT_DATASET[profile]) if dataset is None else dataset
     dataset, _, data_path = dataset.partition(":")
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS} (folder as folder:PATH), got {dataset!r}")
@@ -701,6 +762,8 @@ def get_recipe(method: str, profile: str | None = None, dataset: str | None = No
     check_method_and_dataset(method, dataset)
     if method in DENSE_METHODS:
         return _DENSE_RECIPES[method](profile)
+    if method == "sscl":
+        return _sscl_recipe(profile)
     if profile == "full" and dataset == "cifar10":
         return _cifar_recipe(method)
     if profile == "full" and dataset in ("stl10", "folder"):
@@ -762,9 +825,20 @@ def _dense_datasets(recipe: Recipe):
     return unlabelled, labelled, data.make_lesions(recipe.test_size, size, seed=1, scanner="A")
 
 
+def _review_datasets(recipe: Recipe):
+    """``(train, train, test)`` :class:`~clcourse.data.Reviews`: one draw of the harder corpus
+    (:data:`~clcourse.data.reviews.HARD`, seed 0, the same for every recipe seed), its first ``train_size``
+    sentences to train (their labels only map the learnt aspects) and the next ``test_size`` to test."""
+    from clcourse.data.reviews import HARD, make_reviews
+
+    reviews = make_reviews(recipe.train_size + recipe.test_size, seed=0, **HARD)
+    train = reviews.subset(slice(0, recipe.train_size))
+    return train, train, reviews.subset(slice(recipe.train_size, None))
+
+
 def load_datasets(recipe: Recipe, *, root: str | Path | None = None, download: bool = False):
-    """``(train_for_training, eval_train, eval_test)`` of the recipe's dataset: ImageData, or DenseData for
-    the dense datasets (see :func:`_dense_datasets`).
+    """``(train_for_training, eval_train, eval_test)`` of the recipe's dataset: ImageData, DenseData for
+    the dense datasets (see :func:`_dense_datasets`), Reviews for the reviews (:func:`_review_datasets`).
 
     The training set of SimCLR and MoCo on STL-10 is ``train+unlabeled``;
     otherwise it is the evaluation's training set.
@@ -777,6 +851,8 @@ def load_datasets(recipe: Recipe, *, root: str | Path | None = None, download: b
 
     if recipe.dataset in DENSE_DATASETS:
         return _dense_datasets(recipe)
+    if recipe.dataset == "reviews":
+        return _review_datasets(recipe)
     if recipe.dataset == "digits":
         train = data.load_digits(recipe.image_size, split="train")
         test = data.load_digits(recipe.image_size, split="test")
@@ -830,6 +906,7 @@ def method_class(name: str) -> type[nn.Module]:
         NNCLR,
         PCL,
         PCRL,
+        SSCL,
         MoCo,
         PixelContrast,
         SimCLR,
@@ -838,7 +915,7 @@ def method_class(name: str) -> type[nn.Module]:
     )
 
     classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon, "swav": SwAV, "nnclr": NNCLR, "pcl": PCL,
-               "pixel-contrast": PixelContrast, "pcrl": PCRL}
+               "pixel-contrast": PixelContrast, "pcrl": PCRL, "sscl": SSCL}
     if name not in classes:
         raise ValueError(f"method must be one of {METHODS}, got {name!r}")
     return classes[name]
@@ -868,12 +945,28 @@ def _pcrl(recipe: Recipe, encoder: nn.Module, gather_distributed: bool) -> nn.Mo
 _METHOD_BUILDERS = {"pixel-contrast": _pixel_contrast, "pcrl": _pcrl}  # the others: _image_method
 
 
+def _sscl(recipe: Recipe, train) -> nn.Module:
+    """SSCL on skip-gram vectors of the training sentences ``train`` (a Reviews), its aspects the k-means
+    centroids of the word vectors, as [SSCL]; both seeded with ``recipe.seed``."""
+    from clcourse.clustering import kmeans
+    from clcourse.methods import SSCL
+    from clcourse.word_vectors import train_word_vectors
+
+    options = dict(recipe.method_options)
+    num_aspects = options.pop("num_aspects")
+    vectors = train_word_vectors(train.ids, len(train.vocab), seed=recipe.seed, **recipe.encoder_options)
+    centroids, _ = kmeans(vectors[1:], num_aspects, seed=recipe.seed)  # row 0 is the padding
+    return SSCL(vectors, centroids, **options)
+
+
 def build_method(recipe: Recipe, *, gather_distributed: bool = False) -> nn.Module:
     """The recipe's method module (fresh weights from the global RNG; :func:`build` seeds it first).
 
     ``gather_distributed``: the method draws negatives from every process (for data-parallel runs);
-    pixel contrast refuses it.
+    pixel contrast refuses it. SSCL's word vectors are trained on the recipe's training sentences first.
     """
+    if recipe.method == "sscl":
+        return _sscl(recipe, load_datasets(recipe)[0])
     build_one = _METHOD_BUILDERS.get(recipe.method, _image_method)
     return build_one(recipe, build_encoder(recipe), gather_distributed)
 
@@ -933,6 +1026,11 @@ def build(recipe: Recipe, device: torch.device | str | None = None, *, root: str
                              "memories, and the views PCRL draws inside the method, would each be a process's own "
                              "rather than the global batch's; run it without torchrun")
         return _build_dense(recipe, device)
+    if recipe.method in TEXT_METHODS:
+        if world_size > 1:
+            raise ValueError(f"{recipe.method} trains on one process only: its negatives are the other sentences "
+                             "of a process's batch; run it without torchrun")
+        return _build_text(recipe, device)
     rows = shard_rows(recipe.batch_size, rank, world_size) if world_size > 1 else None
     seed_everything(recipe.seed)
     train, eval_train, eval_test = load_datasets(recipe, root=root, download=download)
@@ -961,6 +1059,18 @@ def _build_dense(recipe: Recipe, device: torch.device):
     # PCRL augments inside the method (it must know each view's flips and turns): its loader passes the images on.
     augment = None if recipe.method == "pcrl" else build_augment(recipe)
     loader = DenseLoader(train, augment, batch_size=recipe.batch_size, seed=recipe.seed, device=device)
+    return method, loader, eval_train, eval_test
+
+
+def _build_text(recipe: Recipe, device: torch.device):
+    """:func:`build` of SSCL: the method, a :class:`~clcourse.data.reviews.SentenceLoader` of the training
+    sentences, and the training and test :class:`~clcourse.data.Reviews`."""
+    from clcourse.data.reviews import SentenceLoader
+
+    seed_everything(recipe.seed)
+    train, eval_train, eval_test = load_datasets(recipe)
+    method = _sscl(recipe, train).to(device)
+    loader = SentenceLoader(train, recipe.batch_size, seed=recipe.seed, device=device)
     return method, loader, eval_train, eval_test
 
 

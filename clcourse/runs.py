@@ -178,6 +178,9 @@ def embed_run(run: Path, out: Path, *, dataset: str | None = None, split: str = 
         raise ValueError(f"{run} is a {recipe.method} run, a dense method: clcourse embed exports the image "
                          f"representations of {', '.join(IMAGE_METHODS)} with their labels; a dense run's "
                          f"segmentation scores are in {metrics_file}")
+    if recipe.method not in IMAGE_METHODS:
+        raise ValueError(f"{run} is a {recipe.method} run, of sentences: clcourse embed exports the image "
+                         f"representations of {', '.join(IMAGE_METHODS)}; its aspect scores are in {metrics_file}")
     if dataset is not None:
         name, _, path = dataset.partition(":")
         recipe = recipe.override(dataset=name, data_path=path or None, train_size=None, test_size=None)

@@ -88,7 +88,27 @@ def test_train_the_dense_methods_on_their_own_data(tmp_path, capsys, method):
     assert "a dense method" in capsys.readouterr().err
 
 
+def test_train_sscl_on_the_reviews_writes_its_aspect_scores(tmp_path, capsys):
+    """Quick profile with a 3-step budget: word vectors, training, the aspect protocol, files; embed refuses it."""
+    out = tmp_path / "sscl"
+    assert cli.main(["train", "sscl", "--profile", "quick", "--steps", "3", "--batch-size", "16", "--device", "cpu",
+                     "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["dataset"], metrics["steps"], metrics["test_sentences"]) == ("reviews", 3, 600)
+    assert list(metrics["f1"]) == ["food", "service", "price", "ambience"] and len(metrics["mapping"]) == 12
+    assert 0 <= metrics["macro_f1"] <= 1 and (out / "last.pt").is_file()
+    assert "macro-F1" in capsys.readouterr().out
+    assert cli.main(["embed", str(out), "--out", str(tmp_path / "h.npy")]) == 2
+    assert "a sscl run, of sentences" in capsys.readouterr().err
+
+
 def test_a_method_on_a_dataset_of_the_other_kind_exits_2_with_a_message(capsys):
+    assert cli.main(["train", "sscl", "--dataset", "digits", "--profile", "quick", "--device", "cpu"]) == 2
+    assert "sscl detects the aspects of sentences: it trains on reviews" in capsys.readouterr().err
+    assert cli.main(["train", "sscl", "--temperature", "0.1", "--profile", "quick", "--device", "cpu"]) == 2
+    assert "--temperature do not apply" in capsys.readouterr().err
+    assert cli.main(["train", "simclr", "--dataset", "reviews", "--profile", "quick", "--device", "cpu"]) == 2
+    assert "reviews holds sentences, not images" in capsys.readouterr().err
     assert cli.main(["train", "pixel-contrast", "--dataset", "digits", "--profile", "quick", "--device", "cpu"]) == 2
     assert "use --dataset scenes" in capsys.readouterr().err
     assert cli.main(["train", "simclr", "--dataset", "lesions", "--profile", "quick", "--device", "cpu"]) == 2

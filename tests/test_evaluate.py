@@ -5,6 +5,7 @@ import torch
 from clcourse.evaluate import (
     PROTOCOLS,
     alignment_uniformity,
+    aspect_scores,
     class_compactness,
     effective_rank,
     evaluate_representation,
@@ -336,3 +337,38 @@ def test_finetune_segmenter_returns_the_model_that_finetune_segmentation_scores(
     assert isinstance(model, UNet) and model is not method and history.steps == 3
     assert evaluate_segmentation(model, test)["dice"] == scored["dice"]
     assert scored["finetune"]["final_loss"] == history.step_loss[-1]
+
+
+def test_aspect_scores_are_one_for_a_perfect_prediction_even_with_neutral_sentences():
+    gold = torch.tensor([0, 1, 2, 3, -1, -1, 2])
+    scores = aspect_scores(gold.clone(), gold, 4)
+    for key in ("precision", "recall", "f1"):
+        torch.testing.assert_close(scores[key], torch.ones(4, dtype=torch.float64))
+    assert scores["macro_f1"].item() == 1.0
+
+
+def test_aspect_scores_of_a_known_confusion():
+    gold = torch.tensor([0, 0, 0, 1, 1, -1, -1])
+    predicted = torch.tensor([0, 0, 1, 1, -1, 0, -1])
+    scores = aspect_scores(predicted, gold, 2)
+    # aspect 0: predicted at 0, 1, 5 (5 is neutral: a false positive), gold at 0, 1, 2 -> P = R = F1 = 2/3;
+    # aspect 1: predicted at 2, 3, gold at 3, 4 (4 left general: a false negative) -> P = R = F1 = 1/2
+    torch.testing.assert_close(scores["precision"], torch.tensor([2 / 3, 1 / 2], dtype=torch.float64))
+    torch.testing.assert_close(scores["recall"], torch.tensor([2 / 3, 1 / 2], dtype=torch.float64))
+    torch.testing.assert_close(scores["f1"], torch.tensor([2 / 3, 1 / 2], dtype=torch.float64))
+    assert scores["macro_f1"].item() == pytest.approx(7 / 12)
+    # precision 1 and recall 1/3 give F1 2 * 1/3 / (4/3) = 1/2; an aspect never predicted scores 0, not NaN
+    lopsided = aspect_scores(torch.tensor([0, -1, -1, -1]), torch.tensor([0, 0, 0, 1]), 2)
+    torch.testing.assert_close(lopsided["f1"], torch.tensor([0.5, 0.0], dtype=torch.float64))
+    assert lopsided["precision"][1].item() == 0.0 and lopsided["macro_f1"].item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("predicted, gold, k, message", [
+    (torch.tensor([0.0, 1.0]), torch.tensor([0, 1]), 2, "integer tensor"),
+    (torch.tensor([0, 1, 1]), torch.tensor([0, 1]), 2, "same length"),
+    (torch.tensor([0, 2]), torch.tensor([0, 1]), 2, r"outside \[-1, 2\)"),
+    (torch.tensor([0, 1]), torch.tensor([0, 1]), 0, "positive int"),
+])
+def test_aspect_scores_name_bad_input(predicted, gold, k, message):
+    with pytest.raises(ValueError, match=message):
+        aspect_scores(predicted, gold, k)

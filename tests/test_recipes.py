@@ -44,6 +44,15 @@ def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
         with pytest.raises(ValueError, match=f"{dataset} is a segmentation dataset.*{method} learns image"):
             get_recipe(method, profile, dataset)
         return
+    if method == "sscl" and dataset != "reviews":
+        with pytest.raises(ValueError, match=f"sscl detects the aspects of sentences.*not {dataset}; use --dataset "
+                                             "reviews"):
+            get_recipe(method, profile, "folder:/some/pictures" if dataset == "folder" else dataset)
+        return
+    if method in IMAGE_METHODS and dataset == "reviews":
+        with pytest.raises(ValueError, match=f"reviews holds sentences, not images: only sscl.*{method} trains on"):
+            get_recipe(method, profile, dataset)
+        return
     if profile == "quick" and dataset == "stl10":
         with pytest.raises(ValueError, match="full profile only"):
             get_recipe(method, profile, dataset)
@@ -320,3 +329,13 @@ def test_dense_methods_train_on_one_process_and_on_their_own_data():
         get_recipe("pixel-contrast", "quick").override(train_size=0)
     with pytest.raises(ValueError, match="finetune_steps must be a positive int"):
         dataclasses.replace(get_recipe("pcrl", "quick"), finetune_steps=None)
+
+
+def test_the_sscl_recipes_quick_as_measured_full_as_the_authors_code():
+    quick, full = get_recipe("sscl", "quick"), get_recipe("sscl", "full")
+    assert (quick.dataset, quick.evaluation, quick.views_per_image) == ("reviews", "aspects", 1)
+    assert (quick.steps, quick.batch_size, quick.lr, quick.schedule) == (300, 64, 3e-3, "constant")
+    assert quick.method_options == dict(num_aspects=12, smooth=2.0) and "about 73%" in quick.expected
+    assert (full.batch_size, full.lr, full.method_options["smooth"]) == (50, 2e-4, 0.5)  # [SSCL]'s code
+    assert "not measured" in full.expected
+    assert "2400 training sentences, word vectors (dim 24)" in quick.summary()

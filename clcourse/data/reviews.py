@@ -12,6 +12,12 @@ evaluate. The corpus is made to be neither trivial nor hopeless:
 - a share of sentences is about no aspect at all ("we went there on a friday"), gold label -1, as the
   general sentences of real review corpora.
 
+Options make it harder, each off by default (the default corpus is the one the SSCL tests were measured on):
+nouns that two aspects share ("the table", "the wine"), a distractor clause that names another aspect with a
+general opinion ("... but the waiter was nice"), and filler phrases of general words around the sentence
+("to be honest , ... as always"). :data:`HARD` is the setting of benchmarks/bench_sscl.py and the ``sscl``
+recipe.
+
 [1] Shi et al., A Simple and Effective Self-Supervised Contrastive Learning Framework for Aspect Detection
     (SSCL), AAAI 2021.
 """
@@ -19,12 +25,15 @@ evaluate. The corpus is made to be neither trivial nor hopeless:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ASPECTS", "NEUTRAL", "PAD", "Reviews", "make_reviews"]
+from clcourse.data.views import EpochLoader, epoch_generators
+
+__all__ = ["ASPECTS", "HARD", "NEUTRAL", "PAD", "Reviews", "SentenceLoader", "make_reviews"]
 
 ASPECTS = ("food", "service", "price", "ambience")
 NEUTRAL = -1  # the gold label of a sentence about no aspect
@@ -47,6 +56,15 @@ _ADJECTIVES = {
 # Words two aspects share, beside each aspect's own.
 _SHARED_ADJECTIVES = {"food": ["cold", "warm", "slow", "small", "big"], "service": ["cold", "slow", "warm"],
                       "price": ["small", "big"], "ambience": ["warm", "cold", "small", "big"]}
+# Nouns two aspects share: a sentence with one is told apart only by its adjective.
+_SHARED_NOUNS = {"food": ["wine", "lunch", "dinner", "portion"], "service": ["table", "wait", "bar", "tip"],
+                 "price": ["wine", "lunch", "dinner", "portion", "tip"], "ambience": ["table", "bar", "wait"]}
+_DISTRACTORS = ["but the {noun} was {general}", "and the {noun} was {general}", "though the {noun} was {general}",
+                "while the {noun} was {general}"]
+_PREFIXES = ["to be honest ,", "overall", "i have to say", "as usual", "when we went there last time", "honestly",
+             "i think", "if i remember well"]
+_SUFFIXES = ["as always", "if you ask me", "to be fair", "that night", "for what it is worth", "this time",
+             "in my opinion"]
 _GENERAL = ["great", "good", "terrible", "nice", "awful", "amazing", "excellent", "bad", "fine", "okay"]
 _INTENSIFIERS = ["really", "very", "quite", "so", "a bit", "pretty"]
 _TEMPLATES = [
@@ -70,6 +88,9 @@ _NEUTRAL = [
     "we had a table for {count}",
     "this was a {general} evening with my {person}",
 ]
+# The harder corpus of the SSCL benchmark and recipe (benchmarks/README.md, "SSCL on the generated reviews").
+HARD = dict(neutral_fraction=0.2, shared_fraction=0.4, shared_noun_fraction=0.3, distractor_fraction=0.1,
+            filler_fraction=0.4)
 _DAYS = ["monday", "friday", "saturday", "sunday", "weekday"]
 _PEOPLE = ["friend", "sister", "boss", "wife", "husband", "neighbour", "family"]
 _HOURS = ["six", "seven", "eight", "nine", "noon"]
@@ -100,17 +121,36 @@ class Reviews:
         """bool [N, L]: True at the words, False at the padding."""
         return self.ids != 0
 
+    def subset(self, rows: slice) -> Reviews:
+        """The sentences ``rows`` (a slice), with the same vocabulary and padded length L."""
+        if not isinstance(rows, slice):
+            raise ValueError(f"rows must be a slice, got {type(rows).__name__}")
+        return Reviews(self.sentences[rows], self.labels[rows], self.vocab, self.ids[rows])
 
-def make_reviews(n: int = 4000, seed: int = 0, neutral_fraction: float = 0.15,
-                 shared_fraction: float = 0.25) -> Reviews:
+
+def make_reviews(n: int = 4000, seed: int = 0, neutral_fraction: float = 0.15, shared_fraction: float = 0.25,
+                 shared_noun_fraction: float = 0.0, distractor_fraction: float = 0.0,
+                 filler_fraction: float = 0.0) -> Reviews:
     """``n`` review sentences, an equal share of each aspect after ``neutral_fraction`` about none.
 
-    ``shared_fraction``: the probability that a sentence's adjective is one its aspect shares with another
-    (module docstring) rather than its own. The same seed gives the same corpus.
+    Each option is a probability in [0, 1], drawn per sentence:
+
+    - ``shared_fraction``: the adjective is one its aspect shares with another (module docstring) rather than
+      its own;
+    - ``shared_noun_fraction``: the noun is one its aspect shares with another ("the wine": food or price);
+    - ``distractor_fraction``: a clause naming another aspect's noun with a general opinion follows ("... but
+      the waiter was nice"); the sentence keeps its gold aspect, the one it says something specific about;
+    - ``filler_fraction``: a phrase of general words comes before the sentence, and (drawn again) one after;
+      neutral sentences get them too.
+
+    The options at 0 draw nothing, so a corpus without them is the one earlier versions made. The same seed
+    gives the same corpus.
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    for name, value in (("neutral_fraction", neutral_fraction), ("shared_fraction", shared_fraction)):
+    options = dict(shared_fraction=shared_fraction, shared_noun_fraction=shared_noun_fraction,
+                   distractor_fraction=distractor_fraction, filler_fraction=filler_fraction)
+    for name, value in (("neutral_fraction", neutral_fraction), *options.items()):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     rng = np.random.default_rng(seed)
@@ -120,7 +160,8 @@ def make_reviews(n: int = 4000, seed: int = 0, neutral_fraction: float = 0.15,
             text, label = _neutral_sentence(rng), NEUTRAL
         else:
             label = int(rng.integers(len(ASPECTS)))
-            text = _aspect_sentence(ASPECTS[label], shared_fraction, rng)
+            text = _aspect_sentence(label, shared_fraction, shared_noun_fraction, distractor_fraction, rng)
+        text = _with_filler(text, filler_fraction, rng)
         sentences.append(text.split())
         labels.append(label)
     vocab = [PAD] + list(dict.fromkeys(word for sentence in sentences for word in sentence))
@@ -135,14 +176,80 @@ def _pick(rng: np.random.Generator, words: list[str]) -> str:
     return words[int(rng.integers(len(words)))]
 
 
-def _aspect_sentence(aspect: str, shared_fraction: float, rng: np.random.Generator) -> str:
+def _drawn(rng: np.random.Generator, probability: float) -> bool:
+    """True with ``probability``; draws nothing at 0, so an option left off keeps the corpus of its seed."""
+    return probability > 0 and rng.random() < probability
+
+
+def _aspect_sentence(label: int, shared_fraction: float, shared_noun_fraction: float, distractor_fraction: float,
+                     rng: np.random.Generator) -> str:
+    aspect = ASPECTS[label]
     shared = _SHARED_ADJECTIVES[aspect]
     adjective = _pick(rng, shared) if rng.random() < shared_fraction else _pick(rng, _ADJECTIVES[aspect])
-    return _pick(rng, _TEMPLATES).format(
+    text = _pick(rng, _TEMPLATES).format(
         noun=_pick(rng, _NOUNS[aspect]), noun2=_pick(rng, _NOUNS[aspect]), adj=adjective,
         intensifier=_pick(rng, _INTENSIFIERS), general=_pick(rng, _GENERAL))
+    if _drawn(rng, shared_noun_fraction):
+        # The template's first noun gives way to a shared one; "noun2" (a second mention) keeps the aspect's own.
+        words = text.split()
+        first = next(i for i, word in enumerate(words) if word in _NOUNS[aspect])
+        words[first] = _pick(rng, _SHARED_NOUNS[aspect])
+        text = " ".join(words)
+    if _drawn(rng, distractor_fraction):
+        other = ASPECTS[(label + 1 + int(rng.integers(len(ASPECTS) - 1))) % len(ASPECTS)]
+        text += " " + _pick(rng, _DISTRACTORS).format(noun=_pick(rng, _NOUNS[other]), general=_pick(rng, _GENERAL))
+    return text
+
+
+def _with_filler(text: str, filler_fraction: float, rng: np.random.Generator) -> str:
+    if _drawn(rng, filler_fraction):
+        text = _pick(rng, _PREFIXES) + " " + text
+    if _drawn(rng, filler_fraction):
+        text += " " + _pick(rng, _SUFFIXES)
+    return text
 
 
 def _neutral_sentence(rng: np.random.Generator) -> str:
     return _pick(rng, _NEUTRAL).format(day=_pick(rng, _DAYS), person=_pick(rng, _PEOPLE), hour=_pick(rng, _HOURS),
                                        count=_pick(rng, _COUNTS), general=_pick(rng, _GENERAL))
+
+
+class SentenceLoader(EpochLoader):
+    """Shuffled batches of word ids of a :class:`Reviews` (what SSCL trains on), for :func:`clcourse.train.fit`.
+
+    Epoch e's order is a pure function of ``(seed, e)`` (``set_epoch`` replays it after a resume); the last
+    incomplete batch is dropped, as SSCL's loss needs at least 2 sentences. Each batch is cut to its longest
+    sentence.
+
+    Args:
+        reviews: the sentences; their labels are not used.
+        batch_size: B, at most the number of sentences.
+        seed: seeds the order.
+        device: where batches are produced; default the CPU.
+
+    Yields:
+        int64 [B, L'] word ids (0 = padding) on ``device``, L' the longest sentence of the batch.
+    """
+
+    def __init__(self, reviews: Reviews, batch_size: int, seed: int = 0, device: torch.device | str | None = None):
+        if not isinstance(reviews, Reviews):
+            raise ValueError(f"reviews must be a Reviews (make_reviews), got {type(reviews).__name__}")
+        if not isinstance(batch_size, int) or not 2 <= batch_size <= len(reviews):
+            raise ValueError(f"batch_size must be an int in [2, {len(reviews)}] (the sentences; SSCL's negatives "
+                             f"are the batch's other sentences), got {batch_size!r}")
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.images = reviews.ids.to(self.device)  # EpochLoader's name for the rows it counts
+        self.lengths = reviews.mask.sum(dim=1).to(self.device)
+        self.batch_size, self.drop_last, self.seed, self.epoch = batch_size, True, seed, 0
+
+    def __iter__(self) -> Iterator[Tensor]:
+        # Not a generator function: the epoch is claimed when iteration starts, not at the first next().
+        epoch = self.epoch
+        self.epoch += 1
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int) -> Iterator[Tensor]:
+        order = torch.randperm(len(self.images), generator=epoch_generators(self.seed, epoch)[0])
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start:start + self.batch_size].to(self.device)
+            yield self.images[index, :int(self.lengths[index].max())]
