@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the TD loss sees whole frames, not the views (CURL's Atari code)")
     parser.add_argument("--logit-scale", type=float, default=1.0, help="CURL's bilinear logits x this (Atari: 0.1)")
     parser.add_argument("--grad-clip", type=float, help="clip the gradient norm (CURL's Atari code: 10)")
-    parser.add_argument("--separate-curl-update", action="store_true",
-                        help="CURL's loss in its own optimiser step after the TD step (CURL's control-suite code)")
+    parser.add_argument("--joint-curl-update", action="store_true",
+                        help="one optimiser step on the sum of the TD and CURL losses (CURL's Atari code), instead of "
+                             "CURL's own step after the TD step (its control-suite code, the default)")
     parser.add_argument("--curl-momentum", type=float, default=0.95, help="the key encoder's (Atari code: 0.999)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
                                    filters=args.filters, curl_weight=args.curl_weight, lr=args.lr,
                                    td_on_crops=not args.td_whole, curl_logit_scale=args.logit_scale,
                                    grad_clip=args.grad_clip, curl_momentum=args.curl_momentum,
-                                   separate_curl_update=args.separate_curl_update)
+                                   separate_curl_update=not args.joint_curl_update)
                 start = time.perf_counter()
                 run = train_agent(agent, env(), args.steps, seed=seed, eval_env=env(), eval_every=args.eval_every,
                                   eval_episodes=args.eval_episodes, progress=False)

@@ -105,6 +105,12 @@ def test_a_separate_curl_update_steps_its_own_optimiser_after_the_td_step():
     losses = agent.update(replay_batch())
     assert set(losses) == {"td", "curl"} and not torch.equal(agent.curl.weight, weight)
     assert all(len(agent.curl_optimizer.state[p]) > 0 for p in agent.encoder.parameters())  # CURL stepped f too
+    joint = DQNAgent((6, 12, 12), 3, crop=10, curl=True, separate_curl_update=False, feature_dim=8, layers=1,
+                     filters=4, hidden=8, generator=torch.Generator().manual_seed(0))
+    assert not hasattr(joint, "curl_optimizer")  # one step on the weighted sum, W among its parameters
+    assert any(p is joint.curl.weight for group in joint.optimizer.param_groups for p in group["params"])
+    joint_weight = joint.curl.weight.detach().clone()
+    assert set(joint.update(replay_batch())) == {"td", "curl"} and not torch.equal(joint.curl.weight, joint_weight)
 
 
 def test_make_agent_builds_crops_or_shifts():
