@@ -110,7 +110,7 @@ LESSON_COSTS: dict[str, LessonCost] = {
         fuller="more `steps`",
     ),
     "12": LessonCost(
-        "Pixel contrast", 129,
+        "Pixel contrast", 117,
         full="a SmallSegmenter on 20,000 scenes, 4,000 steps per run",
         faster="`steps` (400) or fewer `seeds` (3): a noisier table",
         fuller="more `steps`, or `clcourse train pixel-contrast`",
