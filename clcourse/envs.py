@@ -30,6 +30,7 @@ __all__ = ["ENV_ID", "PixelGrid"]
 
 ENV_ID = "clcourse/PixelGrid-v0"
 DISTRACTOR_SQUARES = 12  # coloured squares drawn on the floor per episode
+_FRAME_CACHE_SIZE = 4096  # grid states whose drawing a PixelGrid keeps (an empty 8x8 room has 144)
 
 
 class PixelGrid(gym.Env):
@@ -80,10 +81,28 @@ class PixelGrid(gym.Env):
         self.action_space = spaces.Discrete(actions)
         self._stack: deque[np.ndarray] = deque(maxlen=frames)
         self._squares = np.zeros((0, 6), dtype=np.int64)  # per square: y, x, side, r, g, b
+        self._drawn: dict[tuple, np.ndarray] = {}
+
+    def _grid_frame(self) -> np.ndarray:
+        """MiniGrid's drawing of the grid now, [S, S, 3] uint8 (read-only), remembered by grid state.
+
+        Drawing costs three times MiniGrid's step and a room has few states (the cells' contents, the agent's
+        cell and direction), so each is drawn once: an agent's training and evaluation revisit them thousands of
+        times (benchmarks/README.md).
+        """
+        state = (self.grid.grid.encode().tobytes(), tuple(self.grid.agent_pos), int(self.grid.agent_dir))
+        frame = self._drawn.get(state)
+        if frame is None:
+            if len(self._drawn) >= _FRAME_CACHE_SIZE:
+                self._drawn.clear()
+            frame = self.grid.get_frame(highlight=False, tile_size=self.tile_size)
+            frame.flags.writeable = False
+            self._drawn[state] = frame
+        return frame
 
     def _frame(self) -> np.ndarray:
         """The grid now, [S, S, 3] uint8, the floor painted with the distractors when they are on."""
-        frame = self.grid.get_frame(highlight=False, tile_size=self.tile_size)
+        frame = self._grid_frame()
         if self.distractors:
             floor = (frame == 0).all(axis=-1)
             paint = np.zeros_like(frame)

@@ -35,6 +35,23 @@ def test_the_same_seed_gives_the_same_episode():
     assert not all(np.array_equal(starts[0], o) for o in starts[1:])  # random starts differ
 
 
+def test_remembered_drawings_are_minigrids_own_as_the_grid_changes():
+    env = PixelGrid("MiniGrid-DoorKey-5x5-v0", tile_size=4, actions=7)
+    rng = np.random.default_rng(0)
+    changed = set()
+    for episode in range(3):
+        env.reset(seed=episode)
+        for _ in range(200):  # random actions pick up the key, open the door, drop things: the grid changes
+            *_, terminated, truncated, _ = env.step(int(rng.integers(7)))
+            assert np.array_equal(env._stack[-1],
+                                  env.grid.get_frame(highlight=False, tile_size=4))
+            changed.add(env.grid.grid.encode().tobytes())
+            if terminated or truncated:
+                break
+    assert len(changed) > 1  # the check covered more than one grid state
+    assert 0 < len(env._drawn) < 200 * 3  # states are revisited, and drawn once each
+
+
 def test_layout_options_reach_the_layout():
     room = PixelGrid("MiniGrid-Empty-8x8-v0", layout_options={"agent_start_pos": None})
     starts = [room.reset(seed=s)[0] for s in range(4)]
