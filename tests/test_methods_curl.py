@@ -62,15 +62,20 @@ def test_center_crop_and_unit_scaling():
         random_crop(frames[0], 4)
 
 
+def loop_loss(q, k, w, scale=1.0):
+    """CURL's loss written out: each query's own key against all keys, bilinear scores times ``scale``."""
+    total = 0.0
+    for i in range(len(q)):
+        scores = [scale * float(q[i] @ w @ k[j]) for j in range(len(k))]
+        total += -scores[i] + math.log(sum(math.exp(s) for s in scores))
+    return torch.tensor(total / len(q), dtype=torch.float64)
+
+
 def test_bilinear_info_nce_matches_a_loop():
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(2))
     w = torch.randn(4, 4, generator=g, dtype=torch.float64)
-    expected = 0.0
-    for i in range(6):
-        scores = [float(q[i] @ w @ k[j]) for j in range(6)]
-        expected += -scores[i] + math.log(sum(math.exp(s) for s in scores))
-    torch.testing.assert_close(bilinear_info_nce(q, k, w), torch.tensor(expected / 6, dtype=torch.float64))
+    torch.testing.assert_close(bilinear_info_nce(q, k, w), loop_loss(q, k, w))
     assert bilinear_info_nce(q, k, torch.zeros(4, 4, dtype=torch.float64)).item() == pytest.approx(math.log(6))
     big = bilinear_info_nce(q * 1e3, k * 1e3, w)
     assert torch.isfinite(big)  # the row maximum is subtracted: no overflow
@@ -84,11 +89,7 @@ def test_the_logit_scale_multiplies_every_similarity():
     g = torch.Generator().manual_seed(1)
     q, k = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(2))
     w = torch.randn(3, 3, generator=g, dtype=torch.float64)
-    expected = 0.0
-    for i in range(5):
-        scores = [0.1 * float(q[i] @ w @ k[j]) for j in range(5)]
-        expected += -scores[i] + math.log(sum(math.exp(s) for s in scores))
-    torch.testing.assert_close(bilinear_info_nce(q, k, w, 0.1), torch.tensor(expected / 5, dtype=torch.float64))
+    torch.testing.assert_close(bilinear_info_nce(q, k, w, 0.1), loop_loss(q, k, w, 0.1))
     torch.testing.assert_close(bilinear_info_nce(q, k, w, 0.1), bilinear_info_nce(q, k, 0.1 * w))
     with pytest.raises(ValueError, match="scale must be a finite number > 0"):
         bilinear_info_nce(q, k, w, 0.0)
