@@ -74,12 +74,6 @@ class DenseLoader(EpochLoader):
         self.seed = seed
         self.epoch = 0
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        # Not a generator function: the epoch is claimed when iteration starts, not at the first next().
-        epoch = self.epoch
-        self.epoch += 1
-        return self._batches(epoch)
-
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         order_generator, augment_generator = epoch_generators(self.seed, epoch)
         n = len(self.images)

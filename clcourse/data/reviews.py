@@ -242,12 +242,6 @@ class SentenceLoader(EpochLoader):
         self.lengths = reviews.mask.sum(dim=1).to(self.device)
         self.batch_size, self.drop_last, self.seed, self.epoch = batch_size, True, seed, 0
 
-    def __iter__(self) -> Iterator[Tensor]:
-        # Not a generator function: the epoch is claimed when iteration starts, not at the first next().
-        epoch = self.epoch
-        self.epoch += 1
-        return self._batches(epoch)
-
     def _batches(self, epoch: int) -> Iterator[Tensor]:
         order = torch.randperm(len(self.images), generator=epoch_generators(self.seed, epoch)[0])
         for start in range(0, len(self) * self.batch_size, self.batch_size):

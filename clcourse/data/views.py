@@ -126,7 +126,8 @@ def epoch_generators(seed: int, epoch: int) -> tuple[torch.Generator, torch.Gene
 
 class EpochLoader:
     """What the in-memory loaders share: ``images`` [N, ...], ``batch_size``, ``drop_last`` and the ``epoch``
-    whose order and augmentation (drawn from ``(seed, epoch)``) the next iteration replays."""
+    whose order and augmentation (drawn from ``(seed, epoch)``) the next iteration replays. A loader defines
+    ``_batches(epoch)``, the batches of one epoch."""
 
     images: Tensor
     batch_size: int
@@ -143,6 +144,15 @@ class EpochLoader:
         if not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         self.epoch = epoch
+
+    def __iter__(self) -> Iterator:
+        # Not a generator function: the epoch is claimed when iteration starts, not at the first next().
+        epoch = self.epoch
+        self.epoch += 1
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int) -> Iterator:
+        raise NotImplementedError
 
 
 class ViewLoader(EpochLoader):
@@ -226,13 +236,6 @@ class ViewLoader(EpochLoader):
         self.drop_last = drop_last
         self.seed = seed
         self.epoch = 0
-
-    def __iter__(self) -> Iterator[Batch]:
-        # Not a generator function: the epoch is claimed when iteration starts,
-        # not lazily at the first next().
-        epoch = self.epoch
-        self.epoch += 1
-        return self._batches(epoch)
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
         order_generator, augment_generator = epoch_generators(self.seed, epoch)
