@@ -19,6 +19,7 @@ It reuses the package's encoder (:class:`clcourse.encoders.PixelEncoder`), loss,
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +31,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from clcourse.encoders import PixelEncoder
+from clcourse.envs import PixelGrid
 from clcourse.methods.curl import CURL, center_crop, random_view, to_unit
 from clcourse.train import save_checkpoint
 
-__all__ = ["AGENT_KINDS", "AgentRun", "DQNAgent", "ReplayBuffer", "evaluate_agent", "make_agent", "train_agent"]
+__all__ = ["AGENT_KINDS", "AgentJob", "AgentRun", "DQNAgent", "ReplayBuffer", "evaluate_agent", "make_agent",
+           "run_job", "train_agent", "train_agents"]
 
 # The three agents compared: DQN on whole frames, on random crops, and with CURL (crops and the contrastive loss).
 AGENT_KINDS = {"dqn": dict(crops=False, curl=False), "crops": dict(crops=True, curl=False),
                "curl": dict(crops=True, curl=True)}
+# An update's cost relative to pixel DQN's (CURL's adds a second encoder pass and step): which runs to start first.
+AGENT_COST = {"dqn": 1.0, "crops": 1.0, "curl": 1.8}
 
 
 class ReplayBuffer:
@@ -140,10 +145,11 @@ class DQNAgent(nn.Module):
             self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
 
     def _view(self, frames: Tensor, train: bool) -> Tensor:
-        frames = to_unit(frames)
         if self.crop is None:
-            return frames
-        return random_view(frames, self.crop, self.pad, self.generator) if train else center_crop(frames, self.crop)
+            return to_unit(frames)
+        # cut the stored bytes and convert only the crop
+        crops = random_view(frames, self.crop, self.pad, self.generator) if train else center_crop(frames, self.crop)
+        return to_unit(crops)
 
     def forward(self, obs: Tensor) -> Tensor:
         return self.head(self.encoder(self._view(obs, train=False)))
@@ -237,17 +243,34 @@ class AgentRun:
 
 
 @torch.no_grad()
-def evaluate_agent(agent: DQNAgent, env: gym.Env, episodes: int, seed: int, epsilon: float = 0.05) -> float:
-    """Mean return of ``episodes`` episodes acting (epsilon-)greedily, the environment seeded ``seed``,
-    ``seed + 1``, ..."""
-    rng, total = np.random.default_rng(seed), 0.0
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done = False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, epsilon, rng))
-            total += reward
-            done = terminated or truncated
+def evaluate_agent(agent: DQNAgent, env: gym.Env | Sequence[gym.Env], episodes: int, seed: int,
+                   epsilon: float = 0.05) -> float:
+    """Mean return of ``episodes`` episodes acting (epsilon-)greedily, episode i in an environment reset with
+    seed ``seed + i`` and drawing its random actions from its own generator (seeded ``[seed, i]``).
+
+    ``env`` may be several environments of one kind: their episodes then run side by side, one forward pass of
+    the agent per step for all of them (an evaluation of 20 episodes costs about as many passes as its longest
+    episode has steps, not as all its steps together). The mean is the same whichever number of environments
+    plays the episodes.
+    """
+    envs = [env] if isinstance(env, gym.Env) else list(env)
+    if not isinstance(episodes, int) or episodes < 1 or not envs:
+        raise ValueError(f"need episodes >= 1 and at least one environment, got {episodes!r} and {len(envs)}")
+    device, total = next(agent.parameters()).device, 0.0
+    for first in range(0, episodes, len(envs)):
+        wave = range(first, min(first + len(envs), episodes))
+        rngs = {i: np.random.default_rng([seed, i]) for i in wave}
+        obs = {i: envs[i - first].reset(seed=seed + i)[0] for i in wave}
+        while obs:
+            running = list(obs)
+            greedy = agent(torch.from_numpy(np.stack([obs[i] for i in running])).to(device)).argmax(dim=1).tolist()
+            for i, action in zip(running, greedy):
+                if rngs[i].random() < epsilon:
+                    action = int(rngs[i].integers(agent.actions))
+                obs[i], reward, terminated, truncated, _ = envs[i - first].step(action)
+                total += reward
+                if terminated or truncated:
+                    del obs[i]
     return total / episodes
 
 
@@ -268,6 +291,8 @@ def train_agent(agent: DQNAgent, env: gym.Env, steps: int, *, seed: int = 0, eva
     if batch_size < 2 or warmup < batch_size:
         raise ValueError(f"need batch_size >= 2 and warmup >= batch_size, got {batch_size} and {warmup}")
     rng, run = np.random.default_rng(seed), AgentRun()
+    # the evaluation's episodes run side by side, one environment each (copies made before any is used)
+    eval_envs = None if eval_env is None else [eval_env, *(copy.deepcopy(eval_env) for _ in range(eval_episodes - 1))]
     buffer = ReplayBuffer(buffer_size, env.observation_space.shape)
     obs, _ = env.reset(seed=seed)
     episode_return, episode = 0.0, 0
@@ -288,8 +313,90 @@ def train_agent(agent: DQNAgent, env: gym.Env, steps: int, *, seed: int = 0, eva
             run.losses.append(agent.update(buffer.sample(batch_size, agent.generator)))
         if eval_env is not None and step % eval_every == 0:
             run.eval_steps.append(step)
-            run.eval_returns.append(evaluate_agent(agent, eval_env, eval_episodes, seed=10_000 + seed,
+            run.eval_returns.append(evaluate_agent(agent, eval_envs, eval_episodes, seed=10_000 + seed,
                                                    epsilon=eval_epsilon))
     if checkpoint is not None:
         save_checkpoint(checkpoint, {"agent": agent.state_dict(), "steps": steps})
     return run
+
+
+@dataclass(frozen=True)
+class AgentJob:
+    """One training run of :func:`train_agents`: agent ``kind`` (a key of :data:`AGENT_KINDS`) with seed ``seed``
+    for ``steps`` environment steps in ``PixelGrid(**env)``, evaluated in another. ``agent`` holds keywords of
+    :func:`make_agent` (``crop_margin``, ``lr``, ...), ``train`` keywords of :func:`train_agent` (``eval_every``,
+    ...)."""
+
+    kind: str
+    seed: int
+    steps: int
+    env: dict = field(default_factory=dict)
+    agent: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+    def build(self) -> tuple[DQNAgent, gym.Env]:
+        """The job's untrained agent (on the CPU) and its training environment."""
+        env = PixelGrid(**self.env)
+        return make_agent(self.kind, env, self.seed, **self.agent), env
+
+
+def run_job(job: AgentJob) -> tuple[AgentRun, dict[str, Tensor]]:
+    """Train ``job``'s agent on one CPU thread; its record and its trained weights (CPU tensors).
+
+    One thread, whichever process runs it: a DQN-sized step is too small for threads to speed it up, and the
+    same thread count makes a job's result the same in a worker process as in this one.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        agent, env = job.build()
+        run = train_agent(agent, env, job.steps, seed=job.seed, eval_env=PixelGrid(**job.env), progress=False,
+                          **job.train)
+    finally:
+        torch.set_num_threads(threads)
+    return run, agent.state_dict()
+
+
+def train_agents(jobs: Sequence[AgentJob], workers: int | None = None,
+                 progress: bool = True) -> list[tuple[DQNAgent, AgentRun]]:
+    """Train every job, ``workers`` at a time in separate processes; (trained agent, record) per job, in order.
+
+    A DQN update is small, so one thread per run and runs side by side use a machine's cores best (two runs on
+    2 cores take about the time of one). ``workers``: default one per usable CPU (at most one per job); 1 trains
+    in this process, one job after another. The results do not depend on ``workers``: each job is seeded and
+    runs on one thread.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    from clcourse.device import usable_cpus
+
+    jobs = list(jobs)
+    if not jobs or not all(isinstance(job, AgentJob) for job in jobs):
+        raise ValueError(f"jobs must be a non-empty sequence of AgentJob, got {jobs!r}")
+    workers = min(len(jobs), usable_cpus()) if workers is None else workers
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int (processes), got {workers!r}")
+    results: dict[int, tuple[AgentRun, dict[str, Tensor]]] = {}
+    bar = tqdm(total=len(jobs), desc="runs", disable=not progress, leave=False)
+    if workers == 1:
+        for i, job in enumerate(jobs):
+            results[i] = run_job(job)
+            bar.update()
+    else:
+        # spawned, not forked: a forked child of a process whose torch threads are running can hang
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            # the costliest runs first, so that no worker is left with a long one at the end
+            order = sorted(range(len(jobs)), key=lambda i: (-AGENT_COST[jobs[i].kind] * jobs[i].steps, i))
+            futures = {pool.submit(run_job, jobs[i]): i for i in order}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+    bar.close()
+    trained = []
+    for i, job in enumerate(jobs):
+        run, weights = results[i]
+        agent, _ = job.build()
+        agent.load_state_dict(weights)
+        trained.append((agent, run))
+    return trained

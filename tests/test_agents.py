@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from clcourse.agents import DQNAgent, ReplayBuffer, evaluate_agent, make_agent, train_agent
+from clcourse.agents import AgentJob, DQNAgent, ReplayBuffer, evaluate_agent, make_agent, train_agent, train_agents
 from clcourse.envs import PixelGrid
+from clcourse.methods.curl import random_view, to_unit
 
 
 def test_the_buffer_keeps_the_last_transitions_and_samples_them():
@@ -139,3 +140,42 @@ def test_a_short_run_records_episodes_and_evaluations():
     assert 0.0 <= evaluate_agent(agent, eval_env, 2, seed=0) <= 1.0
     with pytest.raises(ValueError, match="warmup >= batch_size"):
         train_agent(agent, env, 10, warmup=4, batch_size=8)
+
+
+def test_an_evaluation_gives_the_same_mean_however_many_environments_play_it():
+    torch.manual_seed(0)
+    env = PixelGrid(max_steps=12)
+    agent = DQNAgent(env.observation_space.shape, 3, crop=36, feature_dim=8, layers=1, filters=4, hidden=8)
+    alone = evaluate_agent(agent, env, 5, seed=3)
+    side_by_side = evaluate_agent(agent, [PixelGrid(max_steps=12) for _ in range(3)], 5, seed=3)  # waves of 3 and 2
+    assert side_by_side == pytest.approx(alone, abs=1e-12)
+    assert evaluate_agent(agent, env, 5, seed=4, epsilon=1.0) != alone  # the seed and epsilon matter
+    with pytest.raises(ValueError, match="episodes >= 1 and at least one environment"):
+        evaluate_agent(agent, [], 5, seed=0)
+
+
+def test_the_agent_crops_the_stored_bytes_as_it_would_crop_the_floats():
+    frames = torch.randint(0, 256, (4, 9, 40, 40), dtype=torch.uint8)
+    agent = DQNAgent((9, 40, 40), 3, crop=36, feature_dim=8, layers=1, filters=4, hidden=8,
+                     generator=torch.Generator().manual_seed(1))
+    views = agent._view(frames, train=True)
+    assert views.dtype == torch.float32 and views.shape == (4, 9, 36, 36)
+    expected = random_view(to_unit(frames), 36, 0, torch.Generator().manual_seed(1))
+    assert torch.equal(views, expected)
+
+
+def test_runs_in_worker_processes_match_runs_in_this_one():
+    job = dict(steps=60, env=dict(max_steps=10), agent=dict(feature_dim=8, layers=1, filters=4, hidden=8),
+               train=dict(eval_every=30, eval_episodes=2, warmup=40, batch_size=8))
+    jobs = [AgentJob("curl", 0, **job), AgentJob("dqn", 1, **job)]
+    here = train_agents(jobs, workers=1, progress=False)
+    spawned = train_agents(jobs, workers=2, progress=False)
+    for (agent, run), (other_agent, other_run) in zip(here, spawned):
+        assert run.eval_returns == other_run.eval_returns and run.losses == other_run.losses
+        for a, b in zip(agent.state_dict().values(), other_agent.state_dict().values()):
+            assert torch.equal(a, b)  # the trained weights come back
+    assert here[0][0].curl is not None and here[1][0].curl is None
+    with pytest.raises(ValueError, match="non-empty sequence of AgentJob"):
+        train_agents([], workers=1)
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        train_agents(jobs, workers=0)

@@ -48,12 +48,10 @@ def random_crop(frames: Tensor, size: int, generator: torch.Generator | None = N
     b, _, h, w = frames.shape
     top = torch.randint(0, h - size + 1, (b,), generator=generator).to(frames.device)
     left = torch.randint(0, w - size + 1, (b,), generator=generator).to(frames.device)
-    offsets = torch.arange(size, device=frames.device)
-    rows = (top[:, None] + offsets)[:, None, :, None]  # [B, 1, size, 1]
-    cols = (left[:, None] + offsets)[:, None, None, :]  # [B, 1, 1, size]
-    batch = torch.arange(b, device=frames.device)[:, None, None, None]
-    channels = torch.arange(frames.shape[1], device=frames.device)[None, :, None, None]
-    return frames[batch, channels, rows, cols]
+    # every window as a view [B, C, H - size + 1, W - size + 1, size, size], then one row's window each: one copy,
+    # five times faster than indexing every pixel (benchmarks/README.md)
+    windows = frames.unfold(2, size, 1).unfold(3, size, 1)
+    return windows[torch.arange(b, device=frames.device), :, top, left]
 
 
 def random_view(frames: Tensor, size: int, pad: int = 0, generator: torch.Generator | None = None) -> Tensor:
