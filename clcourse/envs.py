@@ -137,6 +137,21 @@ class PixelGrid(gym.Env):
         self._stack.append(self._frame())
         return self._observation(), float(reward), bool(terminated), bool(truncated), {}
 
+    def place(self, cell: tuple[int, int], direction: int) -> np.ndarray:
+        """Put the agent in grid cell ``cell`` = (x, y) facing ``direction`` (0 right, 1 down, 2 left, 3 up) of the
+        current episode, and return the observation of a standstill there: uint8 [3 * frames, S, S], every frame
+        the same. For looking at what an agent makes of each state; call :meth:`reset` first."""
+        x, y = cell
+        if not (0 <= x < self.grid.width and 0 <= y < self.grid.height) or not 0 <= direction <= 3:
+            raise ValueError(f"cell must lie in the {self.grid.width} x {self.grid.height} grid and direction be in "
+                             f"0..3, got {cell} and {direction}")
+        inside = self.grid.grid.get(x, y)
+        if inside is not None and not inside.can_overlap():
+            raise ValueError(f"cell {cell} holds a {inside.type}: the agent cannot stand there")
+        self.grid.agent_pos, self.grid.agent_dir = (x, y), direction
+        self._stack.extend([self._frame()] * self.frames)
+        return self._observation()
+
     def render(self):
         if self.render_mode == "rgb_array":
             return self._stack[-1].copy()

@@ -81,3 +81,18 @@ def test_gymnasium_builds_it_by_id_and_bad_settings_are_named():
         PixelGrid(actions=8)
     with pytest.raises(ValueError, match=r"action must be an int in \[0, 3\)"):
         PixelGrid().step(5)
+
+
+def test_placing_the_agent_shows_it_there_standing_still():
+    env = PixelGrid("MiniGrid-Empty-Random-6x6-v0", tile_size=4, frames=2)
+    env.reset(seed=0)
+    obs = env.place((2, 3), 1)
+    assert obs.shape == (6, 24, 24) and np.array_equal(obs[:3], obs[3:])  # a standstill: both frames alike
+    assert tuple(env.grid.agent_pos) == (2, 3) and env.grid.agent_dir == 1
+    expected = env.grid.get_frame(highlight=False, tile_size=4).transpose(2, 0, 1)
+    assert np.array_equal(obs[3:], expected)
+    assert not np.array_equal(env.place((2, 3), 2), obs)  # the direction shows
+    with pytest.raises(ValueError, match="holds a wall"):
+        env.place((0, 0), 0)
+    with pytest.raises(ValueError, match="direction be in 0..3"):
+        env.place((2, 2), 4)
