@@ -263,7 +263,10 @@ def evaluate_agent(agent: DQNAgent, env: gym.Env | Sequence[gym.Env], episodes: 
         obs = {i: envs[i - first].reset(seed=seed + i)[0] for i in wave}
         while obs:
             running = list(obs)
-            greedy = agent(torch.from_numpy(np.stack([obs[i] for i in running])).to(device)).argmax(dim=1).tolist()
+            if epsilon < 1:
+                greedy = agent(torch.from_numpy(np.stack([obs[i] for i in running])).to(device)).argmax(dim=1).tolist()
+            else:  # the random policy: no action of the agent's is ever taken
+                greedy = [0] * len(running)
             for i, action in zip(running, greedy):
                 if rngs[i].random() < epsilon:
                     action = int(rngs[i].integers(agent.actions))

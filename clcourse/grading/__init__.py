@@ -29,6 +29,7 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson11_supcon,
     lesson12_pixel_contrast,
     lesson13_ore,
+    lesson14_curl,
     lesson15_pcrl,
 )
 

@@ -121,6 +121,12 @@ LESSON_COSTS: dict[str, LessonCost] = {
         faster="`steps` (800): weaker detectors, noisier figures",
         fuller="more `steps`, or `benchmarks/bench_ore_lesson.py` for the three seeds",
     ),
+    "14": LessonCost(
+        "CURL", 110,
+        full="the three agents in the same room for 4,000 steps, 5 seeds",
+        faster="`steps` (1,500) or fewer `seeds` (3): noisier curves; more CPUs train more runs side by side",
+        fuller="more `steps`, or `clcourse rl curl --layout ...` for another room",
+    ),
     "15": LessonCost(
         "PCRL", 105,
         full="PCRL on 20,000 unlabelled slices, 3,000 pre-training and 1,000 fine-tuning steps per run",
