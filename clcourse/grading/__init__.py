@@ -31,6 +31,7 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson13_ore,
     lesson14_curl,
     lesson15_pcrl,
+    lesson16_sscl,
 )
 
 __all__ = ["CheckResult", "Task", "check", "evaluate", "tasks"]
