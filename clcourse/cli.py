@@ -268,6 +268,12 @@ def add_rl_command(subparsers) -> None:
     parser.add_argument("--frames", type=int, default=3, metavar="N", help="frames stacked (default: 3)")
     parser.add_argument("--distractors", action="store_true", help="paint the floor with drifting squares")
     parser.add_argument("--eval-every", type=int, default=500, metavar="N", help="default: 500")
+    parser.add_argument("--eval-episodes", type=int, default=20, metavar="N", help="default: 20")
+    parser.add_argument("--crop-margin", type=int, default=1, metavar="PX",
+                        help="pixels a crop is smaller than the frames (default: 1, lesson 14's)")
+    parser.add_argument("--filters", type=int, default=16, metavar="N",
+                        help="filters of the encoder's 2 convolutions (default: 16, lesson 14's)")
+    parser.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="Adam's learning rate (default: 1e-3)")
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="default: runs/rl-AGENT-LAYOUT-seedN")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -290,10 +296,11 @@ def run_rl(args: argparse.Namespace) -> int:
             return PixelGrid(args.layout, tile_size=args.tile_size, frames=args.frames, distractors=args.distractors)
 
         train_env = env()
-        agent = make_agent(args.agent, train_env, args.seed).to(get_device(args.device))
+        agent = make_agent(args.agent, train_env, args.seed, crop_margin=args.crop_margin, filters=args.filters,
+                           lr=args.lr).to(get_device(args.device))
         out.mkdir(parents=True, exist_ok=True)
         run = train_agent(agent, train_env, args.steps, seed=args.seed, eval_env=env(), eval_every=args.eval_every,
-                          checkpoint=out / "last.pt", progress=args.progress)
+                          eval_episodes=args.eval_episodes, checkpoint=out / "last.pt", progress=args.progress)
     except ValueError as exc:
         return _fail("rl", str(exc))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from clcourse import cli, recipes
 from clcourse.runs import load_embeddings
@@ -207,10 +208,14 @@ def test_lab_seeds_the_workspace_prints_the_lesson_url_and_starts_jupyterlab(tmp
 def test_rl_trains_an_agent_and_writes_its_run(tmp_path, capsys):
     out = tmp_path / "run"
     status = cli.main(["rl", "curl", "--layout", "MiniGrid-Empty-5x5-v0", "--steps", "60", "--eval-every", "30",
-                   "--out", str(out), "--no-progress", "--device", "cpu"])
+                   "--eval-episodes", "2", "--out", str(out), "--no-progress", "--device", "cpu"])
     assert status == 0 and (out / "last.pt").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_steps"] == [30, 60] and metrics["settings"]["agent"] == "curl"
+    # lesson 14's agent by default: crops 1 px smaller than the 20-px frames, 16 filters
+    weights = torch.load(out / "last.pt", weights_only=True)["agent"]
+    assert metrics["settings"]["crop_margin"] == 1 and weights["encoder.convs.0.weight"].shape[0] == 16
+    assert weights["encoder.fc.weight"].shape[1] == 16 * ((19 - 3) // 2 + 1 - 2) ** 2  # 19-px crops
     assert "greedy return at the end" in capsys.readouterr().out
     assert cli.main(["rl", "dqn", "--layout", "MiniGrid-Nowhere-v0", "--steps", "10", "--out", str(tmp_path / "x")]) == 2
     assert "registered MiniGrid id" in capsys.readouterr().err
