@@ -133,6 +133,12 @@ LESSON_COSTS: dict[str, LessonCost] = {
         faster="`pretrain_steps` (300), `finetune_steps` (200) or fewer `seeds` (3): a noisier table",
         fuller="more `pretrain_steps`, or `clcourse train pcrl`",
     ),
+    "16": LessonCost(
+        "SSCL", 40,
+        full="SSCL on 20,000 review sentences, 3,000 steps per run, word vectors of dimension 64",
+        faster="`steps` (300) or fewer `seeds` (3): a noisier table",
+        fuller="more `steps` or `num_sentences`, or `clcourse train sscl`",
+    ),
 }
 
 
