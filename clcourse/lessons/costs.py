@@ -122,7 +122,7 @@ LESSON_COSTS: dict[str, LessonCost] = {
         fuller="more `steps`, or `benchmarks/bench_ore_lesson.py` for the three seeds",
     ),
     "14": LessonCost(
-        "CURL", 110,
+        "CURL", 104,
         full="the three agents in the same room for 4,000 steps, 5 seeds",
         faster="`steps` (1,500) or fewer `seeds` (3): noisier curves; more CPUs train more runs side by side",
         fuller="more `steps`, or `clcourse rl curl --layout ...` for another room",
