@@ -32,23 +32,26 @@ def _check_pair(loss: str, names: tuple[str, str], a, b) -> None:
                          f"same image), got {shape_of(a)} and {shape_of(b)}")
 
 
-def _cosine_to_targets(predictions: Tensor, targets: Tensor) -> Tensor:
-    """cos(p_i, sg(z_i)) per row [N], computed in at least float32; no gradient reaches the targets."""
+def _cosine_to_targets(predictions: Tensor, targets: Tensor, stop_gradient: bool = True) -> Tensor:
+    """cos(p_i, sg(z_i)) per row [N], computed in at least float32; with ``stop_gradient`` no gradient reaches the
+    targets."""
     dtype = torch.promote_types(predictions.dtype, torch.float32)
-    return F.cosine_similarity(predictions.to(dtype), targets.detach().to(dtype), dim=1)
+    targets = targets.detach() if stop_gradient else targets
+    return F.cosine_similarity(predictions.to(dtype), targets.to(dtype), dim=1)
 
 
-def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+def simsiam_loss(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor, *, stop_gradient: bool = True) -> Tensor:
     """SimSiam's symmetric loss [2]: D(p1, z2) / 2 + D(p2, z1) / 2 with D(p, z) = -cos(p, stop_gradient(z)),
     averaged over the batch.
 
     Shapes: p1, p2 [N, D] (the predictor's outputs of views 1 and 2), z1, z2 [N, D] (the projections). Returns a
     scalar in [-1, 1]: -1 when every prediction points along the other view's projection. The projections get no
     gradient from this loss (they are the targets); they are trained through the predictions of the other view.
+    ``stop_gradient=False`` lets it through: the ablation of [2] (section 4.1) in which SimSiam collapses.
     """
     _check_pair("simsiam_loss", ("p1", "z2"), p1, z2)
     _check_pair("simsiam_loss", ("p2", "z1"), p2, z1)
-    return -(_cosine_to_targets(p1, z2).mean() + _cosine_to_targets(p2, z1).mean()) / 2
+    return -(_cosine_to_targets(p1, z2, stop_gradient).mean() + _cosine_to_targets(p2, z1, stop_gradient).mean()) / 2
 
 
 def byol_loss(p1: Tensor, p2: Tensor, t1: Tensor, t2: Tensor) -> Tensor:

@@ -1,6 +1,8 @@
 """Contrastive learning frameworks, one module each on a shared base (docs/adding-a-method.md)."""
 
+from clcourse.methods.barlow_twins import BarlowTwins
 from clcourse.methods.base import Method, views_and_labels
+from clcourse.methods.byol import BYOL
 from clcourse.methods.moco import MoCo
 from clcourse.methods.nnclr import NNCLR
 from clcourse.methods.ore import ORE
@@ -8,9 +10,10 @@ from clcourse.methods.pcl import PCL
 from clcourse.methods.pcrl import PCRL
 from clcourse.methods.pixel_contrast import PixelContrast
 from clcourse.methods.simclr import SimCLR
+from clcourse.methods.simsiam import SimSiam
 from clcourse.methods.sscl import SSCL
 from clcourse.methods.supcon import SupCon, unlabelled_as_own_class
 from clcourse.methods.swav import SwAV
 from clcourse.methods.triplet import Triplet
 
-__all__ = ["Method", "MoCo", "NNCLR", "ORE", "PCL", "PCRL", "PixelContrast", "SSCL", "SimCLR", "SupCon", "SwAV", "Triplet", "unlabelled_as_own_class", "views_and_labels"]
+__all__ = ["BYOL", "BarlowTwins", "Method", "MoCo", "NNCLR", "ORE", "PCL", "PCRL", "PixelContrast", "SSCL", "SimCLR", "SimSiam", "SupCon", "SwAV", "Triplet", "unlabelled_as_own_class", "views_and_labels"]

@@ -1,0 +1,67 @@
+"""BYOL: an online network predicts a slowly moving target network's projection of the other view.
+
+The online network (encoder, projector, predictor) is trained; the target network (encoder, projector) is its
+exponential moving average and gets no gradient. No negatives: the predictor and the moving target keep the
+online network from collapsing [1].
+
+[1] Grill et al., Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning (BYOL), NeurIPS 2020.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from clcourse.checks import check_number
+from clcourse.encoders import PredictionHead, ProjectionHead
+from clcourse.methods.base import Method, views_and_labels
+from clcourse.noncontrastive_losses import byol_loss
+
+
+class BYOL(Method):
+    """Online encoder + projector + predictor, momentum target, BYOL's normalised MSE [1].
+
+    Args:
+        encoder: maps [B, C, H, W] to [B, encoder.out_dim].
+        projection_dim: size of the projections and predictions (256 in [1]).
+        hidden_dim: hidden width of projector and predictor (default: the encoder's out_dim).
+        momentum: tau of the target's update xi <- tau xi + (1 - tau) theta after every step ([1] starts at
+            0.996 and raises it to 1 with a cosine schedule; here it stays fixed).
+
+    A batch is ``(views, labels)`` with two views [B, C, H, W]; labels are ignored. ``on_step_end`` moves the
+    target.
+    """
+
+    def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int | None = None,
+                 momentum: float = 0.99):
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=2)
+        super().__init__(encoder, head, gather_distributed=None)
+        self.predictor = PredictionHead(projection_dim, hidden_dim or encoder.out_dim)
+        self.momentum = check_number("momentum", momentum, strict=False)
+        if self.momentum > 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.target_projector = copy.deepcopy(head).requires_grad_(False)
+
+    def training_step(self, batch) -> torch.Tensor:
+        """The loss of one batch ``(views, labels)``, views = [x1, x2] each [B, C, H, W]."""
+        (x1, x2), _ = views_and_labels(batch, "BYOL", n_views=2)
+        both = torch.cat([x1, x2])
+        p1, p2 = self.predictor(self.project(both)).chunk(2)
+        with torch.no_grad():
+            t1, t2 = self.target_projector(self.target_encoder(both)).chunk(2)
+        return byol_loss(p1, p2, t1, t2)
+
+    @torch.no_grad()
+    def on_step_end(self) -> None:
+        """xi <- tau xi + (1 - tau) theta for every parameter and float buffer; integer buffers copied."""
+        for online, target in ((self.encoder, self.target_encoder), (self.projector, self.target_projector)):
+            for o, t in zip(online.parameters(), target.parameters()):
+                t.lerp_(o, 1.0 - self.momentum)
+            for o, t in zip(online.buffers(), target.buffers()):
+                if t.is_floating_point():
+                    t.lerp_(o, 1.0 - self.momentum)
+                else:
+                    t.copy_(o)

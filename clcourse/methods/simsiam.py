@@ -1,0 +1,45 @@
+"""SimSiam: predict one view's projection from the other's, no negatives, no momentum encoder.
+
+Two views go through the same encoder and projector (z1, z2); a predictor maps each to p1, p2, and the loss asks
+p1 to point along z2 and p2 along z1, with the projections held fixed (stop-gradient). Without the stop-gradient
+the encoder collapses to a constant; with it, it does not, although nothing in the loss forbids a constant [1].
+
+[1] Chen & He, Exploring Simple Siamese Representation Learning (SimSiam), CVPR 2021.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clcourse.encoders import PredictionHead, ProjectionHead
+from clcourse.methods.base import Method, views_and_labels
+from clcourse.noncontrastive_losses import simsiam_loss
+
+
+class SimSiam(Method):
+    """Encoder + projector + predictor, the symmetric negative cosine with stop-gradient [1].
+
+    Args:
+        encoder: maps [B, C, H, W] to [B, encoder.out_dim].
+        projection_dim: size of the projector's output z (and of the predictor's p).
+        hidden_dim: the projector's hidden width (default: the encoder's out_dim).
+        predictor_hidden_dim: the predictor's bottleneck (a quarter of ``projection_dim`` in [1]; default so).
+        stop_gradient: hold the projections fixed in the loss (False: the collapsing ablation of [1]).
+
+    A batch is ``(views, labels)`` with two views [B, C, H, W]; labels are ignored.
+    """
+
+    def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int | None = None,
+                 predictor_hidden_dim: int | None = None, stop_gradient: bool = True):
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=2)
+        super().__init__(encoder, head, gather_distributed=None)
+        self.predictor = PredictionHead(projection_dim, predictor_hidden_dim or max(1, projection_dim // 4))
+        self.stop_gradient = stop_gradient
+
+    def training_step(self, batch) -> torch.Tensor:
+        """The loss of one batch ``(views, labels)``, views = [x1, x2] each [B, C, H, W]."""
+        (x1, x2), _ = views_and_labels(batch, "SimSiam", n_views=2)
+        z1, z2 = self.project(torch.cat([x1, x2])).chunk(2)
+        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        return simsiam_loss(p1, p2, z1, z2, stop_gradient=self.stop_gradient)
