@@ -21,11 +21,12 @@ carries more (masks, boxes, token ids) defines its own batch dataclass next to i
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from clcourse.checks import check_number
 
-__all__ = ["Method", "views_and_labels"]
+__all__ = ["Method", "moving_average", "views_and_labels"]
 
 
 class Method(nn.Module):
@@ -75,6 +76,20 @@ class Method(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called by the loop after every epoch (``epoch`` counts from 1)."""
+
+
+@torch.no_grad()
+def moving_average(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """theta_target <- m theta_target + (1 - m) theta_online, in place, for every parameter and float buffer of two
+    networks of the same architecture; integer buffers (batch norm's step counter) are copied. The momentum
+    encoders of MoCo (its eq. 2) and BYOL's target."""
+    for o, t in zip(online.parameters(), target.parameters()):
+        t.lerp_(o, 1.0 - momentum)  # lerp is exact at both ends: m = 1 keeps the target, m = 0 gives the online net
+    for o, t in zip(online.buffers(), target.buffers()):
+        if t.is_floating_point():
+            t.lerp_(o, 1.0 - momentum)
+        else:
+            t.copy_(o)
 
 
 def views_and_labels(batch, method: str, *, n_views: int | None = None, min_views: int = 1,

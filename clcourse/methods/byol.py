@@ -16,7 +16,7 @@ from torch import nn
 
 from clcourse.checks import check_number
 from clcourse.encoders import PredictionHead, ProjectionHead
-from clcourse.methods.base import Method, views_and_labels
+from clcourse.methods.base import Method, moving_average, views_and_labels
 from clcourse.noncontrastive_losses import byol_loss
 
 
@@ -57,11 +57,5 @@ class BYOL(Method):
     @torch.no_grad()
     def on_step_end(self) -> None:
         """xi <- tau xi + (1 - tau) theta for every parameter and float buffer; integer buffers copied."""
-        for online, target in ((self.encoder, self.target_encoder), (self.projector, self.target_projector)):
-            for o, t in zip(online.parameters(), target.parameters()):
-                t.lerp_(o, 1.0 - self.momentum)
-            for o, t in zip(online.buffers(), target.buffers()):
-                if t.is_floating_point():
-                    t.lerp_(o, 1.0 - self.momentum)
-                else:
-                    t.copy_(o)
+        moving_average(self.target_encoder, self.encoder, self.momentum)
+        moving_average(self.target_projector, self.projector, self.momentum)

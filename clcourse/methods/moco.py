@@ -53,7 +53,7 @@ from torch import nn
 from clcourse.distributed import all_gather_cat, world_size
 from clcourse.encoders import ProjectionHead
 from clcourse.losses import info_nce
-from clcourse.methods.base import Method, views_and_labels
+from clcourse.methods.base import Method, moving_average, views_and_labels
 
 
 class MoCo(Method):
@@ -149,14 +149,8 @@ class MoCo(Method):
 
         Integer buffers (batch norm's step counter) are copied.
         """
-        for query_net, key_net in ((self.encoder, self.key_encoder), (self.projector, self.key_projector)):
-            for q, k in zip(query_net.parameters(), key_net.parameters()):
-                k.lerp_(q, 1.0 - self.momentum)  # lerp is exact at both ends: m = 1 keeps k, m = 0 gives q
-            for q, k in zip(query_net.buffers(), key_net.buffers()):
-                if k.is_floating_point():
-                    k.lerp_(q, 1.0 - self.momentum)
-                else:
-                    k.copy_(q)
+        moving_average(self.key_encoder, self.encoder, self.momentum)
+        moving_average(self.key_projector, self.projector, self.momentum)
 
     def _in_groups(self, net, x: torch.Tensor, shuffle: bool) -> torch.Tensor:
         """``net`` on x [B, ...] with each batch-norm layer normalising G sub-batches apart, in x's order.
