@@ -9,13 +9,15 @@ import pytest
 import torch
 from wrong_answers import (
     assert_covers,
+    assert_each_mistake_told_by_its_own_hint,
+    assert_mistake_differs_somewhere,
     assert_rejected_with_hint,
     assert_solution_passes_and_student_hides_it,
     each_wrong_answer,
 )
 
 from clcourse.grading import evaluate, tasks
-from clcourse.grading.harness import call_plain, first_difference
+from clcourse.grading.harness import call_plain
 from clcourse.grading.lesson14_curl import (
     _CLOSED_MISTAKES,
     _CROP_MISTAKES,
@@ -90,17 +92,14 @@ def test_every_mistake_differs_from_the_reference_on_some_case(mistake):
         cases, reference = _crop_cases(), _crop_reference
     else:
         cases, reference = _closed_cases(), _closed_form_reference
-    assert any(first_difference(call_plain(mistake.fn, case), call_plain(reference, case)) is not None
-               for case in cases)
+    assert_mistake_differs_somewhere(mistake, cases, reference)
 
 
 @pytest.mark.parametrize("mistakes", [_CROP_MISTAKES, _CLOSED_MISTAKES], ids=["crop", "closed_form"])
 def test_every_mistake_is_told_by_its_own_hint(mistakes):
     """Each known mistake, given as the answer, fails with its own hint (no other mistake shadows it)."""
     task_id = "14.crop" if mistakes is _CROP_MISTAKES else "14.closed_form"
-    for mistake in mistakes:
-        result = evaluate(task_id, mistake.fn)
-        assert not result.passed and result.hint == mistake.hint, (mistake.hint[:50], result.message)
+    assert_each_mistake_told_by_its_own_hint(task_id, mistakes)
 
 
 # --- solutions a learner might write ---------------------------------------------------------

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from wrong_answers import (
     assert_covers,
+    assert_each_mistake_told_by_its_own_hint,
+    assert_mistake_differs_somewhere,
     assert_rejected_with_hint,
     assert_solution_passes_and_student_hides_it,
     each_wrong_answer,
@@ -151,17 +153,14 @@ def test_every_mistake_differs_from_the_reference_on_some_case(mistake):
         cases, reference = _hybrid_cases(), _hybrid_reference
     else:
         cases, reference = _dihedral_cases(), _canonical_reference
-    assert any(first_difference(call_plain(mistake.fn, case), call_plain(reference, case)) is not None
-               for case in cases)
+    assert_mistake_differs_somewhere(mistake, cases, reference)
 
 
 @pytest.mark.parametrize("mistakes", [_HYBRID_MISTAKES, _DIHEDRAL_MISTAKES], ids=["hybrid", "dihedral"])
 def test_every_mistake_is_told_by_its_own_hint(mistakes):
     """Each known mistake, given as the answer, fails with its own hint (no other mistake shadows it)."""
     task_id = "15.hybrid" if mistakes is _HYBRID_MISTAKES else "15.dihedral"
-    for mistake in mistakes:
-        result = evaluate(task_id, mistake.fn)
-        assert not result.passed and result.hint == mistake.hint, (mistake.hint[:50], result.message)
+    assert_each_mistake_told_by_its_own_hint(task_id, mistakes)
 
 
 # --- solutions a learner might write ---------------------------------------------------------

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from wrong_answers import (
     assert_covers,
+    assert_each_mistake_told_by_its_own_hint,
+    assert_mistake_differs_somewhere,
     assert_rejected_with_hint,
     assert_solution_passes_and_student_hides_it,
     each_wrong_answer,
@@ -161,17 +163,14 @@ def test_every_mistake_differs_from_the_reference_on_some_case(mistake):
         cases, reference = _contrast_cases(), _contrast_reference
     else:
         cases, reference = _cap_cases(), _cap_reference
-    assert any(first_difference(call_plain(mistake.fn, case), call_plain(reference, case)) is not None
-               for case in cases)
+    assert_mistake_differs_somewhere(mistake, cases, reference)
 
 
 @pytest.mark.parametrize("mistakes", [_CONTRAST_MISTAKES, _CAP_MISTAKES], ids=["contrast", "attention_cap"])
 def test_every_mistake_is_told_by_its_own_hint(mistakes):
     """Each known mistake, given as the answer, fails with its own hint (no other mistake shadows it)."""
     task_id = "16.contrast" if mistakes is _CONTRAST_MISTAKES else "16.attention_cap"
-    for mistake in mistakes:
-        result = evaluate(task_id, mistake.fn)
-        assert not result.passed and result.hint == mistake.hint, (mistake.hint[:50], result.message)
+    assert_each_mistake_told_by_its_own_hint(task_id, mistakes)
 
 
 # --- solutions a learner might write ---------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from clcourse.device import torch_threads
 from clcourse.grading import evaluate
 from clcourse.grading.build import BEGIN, STUB, render, student_notebook
+from clcourse.grading.harness import call_plain, first_difference
 
 EXERCISES = Path(__file__).parent.parent / "exercises"
 
@@ -33,6 +34,20 @@ def assert_rejected_with_hint(task_id: str, answer, mistake: str) -> None:
     assert result.status == "failed" and result.points == 0
     assert result.case, "the failing input must be named"
     assert mistake in result.hint + result.problem, result.message
+
+
+def assert_mistake_differs_somewhere(mistake, cases, reference) -> None:
+    """A known mistake returns something other than the reference on at least one case: else its hint could never
+    be told."""
+    assert any(first_difference(call_plain(mistake.fn, case), call_plain(reference, case)) is not None
+               for case in cases)
+
+
+def assert_each_mistake_told_by_its_own_hint(task_id: str, mistakes) -> None:
+    """Each known mistake, given as the answer, fails with its own hint (no other mistake shadows it)."""
+    for mistake in mistakes:
+        result = evaluate(task_id, mistake.fn)
+        assert not result.passed and result.hint == mistake.hint, (mistake.hint[:50], result.message)
 
 
 def assert_solution_passes_and_student_hides_it(name: str, lesson: str, task_ids: list[str], leaks: list[str]) -> None:
