@@ -140,7 +140,8 @@ def run_exercises_build(args: argparse.Namespace) -> int:
 
 # The names of clcourse.recipes.METHODS / DATASETS, repeated so that --help need not import torch
 # (tests/test_cli.py checks that they agree).
-TRAIN_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl", "pixel-contrast", "pcrl", "sscl")
+TRAIN_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl", "byol", "simsiam", "barlow-twins",
+                 "pixel-contrast", "pcrl", "sscl")
 TRAIN_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder", "scenes", "lesions", "reviews")
 
 

@@ -118,7 +118,8 @@ from torch import nn
 from clcourse.device import get_profile, seed_everything
 from clcourse.train import Budget
 
-IMAGE_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl")
+NONCONTRASTIVE_METHODS = ("byol", "simsiam", "barlow-twins")  # no negatives, no temperature
+IMAGE_METHODS = ("simclr", "moco", "supcon", "swav", "nnclr", "pcl") + NONCONTRASTIVE_METHODS
 IMAGE_DATASETS = ("digits", "shapes", "cifar10", "stl10", "folder")
 DENSE_DATASETS = ("scenes", "lesions")
 TEXT_DATASETS = ("reviews",)
@@ -148,6 +149,9 @@ SOURCES = {
     "Diverse Contexts, ICCV 2021; github.com/Luchixiang/PCRL",
     "SSCL": "Shi et al., A Simple and Effective Self-Supervised Contrastive Learning Framework for Aspect Detection, "
     "AAAI 2021",
+    "BYOL": "Grill et al., Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning, NeurIPS 2020",
+    "SIMSIAM": "Chen & He, Exploring Simple Siamese Representation Learning, CVPR 2021",
+    "BARLOW": "Zbontar et al., Barlow Twins: Self-Supervised Learning via Redundancy Reduction, ICML 2021",
 }
 
 
@@ -199,10 +203,12 @@ class Recipe:
         projection_dim, hidden_dim, head_layers: the projection head (``hidden_dim``
             None: the encoder's out_dim); PCRL reads the first two (its head has 2 layers), pixel
             contrast none (its head is the segmenter's).
-        temperature: of the contrastive loss (SSCL's compares unscaled cosines: 1.0, unused).
+        temperature: of the contrastive loss (SSCL's compares unscaled cosines, and BYOL, SimSiam and Barlow
+            Twins have no softmax: 1.0, unused).
         method_options: further constructor arguments of the method (MoCo's
             ``queue_size``, ``momentum``, ``shuffle_bn_groups``; SupCon's ``variant``; NNCLR's
-            ``support_size``, ``prediction_hidden_dim``; PCL's ``num_clusters``, ``warmup_epochs``;
+            ``support_size``, ``prediction_hidden_dim``; PCL's ``num_clusters``, ``warmup_epochs``; BYOL's
+            ``momentum``; SimSiam's ``stop_gradient``; Barlow Twins' ``off_diagonal_weight``;
             PixelContrast's ``contrast_weight``, ``anchors_per_class``, memory sizes...; PCRL's MoCo
             options and its switches).
         augment: ``"digits"``, ``"simclr"`` or ``"pcrl"``, the :class:`~clcourse.augment.BatchedAugment`
@@ -384,7 +390,8 @@ class Recipe:
             lines = [
                 f"recipe  {self.method} / {data} / {self.profile}: {self.encoder} at "
                 f"{self.image_size}x{self.image_size}, batch {self.batch_size}, {self.budget}",
-                f"        {opt}; temperature {self.temperature:g}{options}",
+                f"        {opt}" + ("" if self.method in NONCONTRASTIVE_METHODS else f"; temperature "
+                                      f"{self.temperature:g}") + options,
             ]
         if self.evaluation == "finetune-segmentation":
             lines.append(f"eval    fine-tune {self.finetune_steps} steps on {self.finetune_size} labelled images, "
@@ -441,8 +448,13 @@ _QUICK_LOSS = {
     # 20 warm-up epochs as [PCL] (an epoch of the digits is 4 steps: 80 steps, about 5% of a 60 s run).
     "pcl": dict(temperature=0.2, method_options=dict(queue_size=1024, momentum=0.99, shuffle_bn_groups=4,
                                                      num_clusters=(25, 50, 100), warmup_epochs=20)),
+    # No softmax, so no temperature (1.0 is a placeholder the methods never read).
+    "byol": dict(temperature=1.0, method_options=dict(momentum=0.99)),
+    "simsiam": dict(temperature=1.0),
+    "barlow-twins": dict(temperature=1.0, projection_dim=256, head_layers=3),
 }
-_DIGITS_TEMPERATURE = {"simclr": 1.0, "moco": 0.5, "supcon": 0.1, "swav": 0.1, "nnclr": 0.1, "pcl": 0.5}
+_DIGITS_TEMPERATURE = {"simclr": 1.0, "moco": 0.5, "supcon": 0.1, "swav": 0.1, "nnclr": 0.1, "pcl": 0.5,
+                       "byol": 1.0, "simsiam": 1.0, "barlow-twins": 1.0}
 _QUICK_NOTES = {
     "simclr": "",
     # K = 1024 keys = one epoch of 4 batches of 256 (the last 233 of the 1,257 digits are dropped): by
@@ -462,6 +474,14 @@ _QUICK_NOTES = {
            "k-means of the whole training set into 25, 50 and 100 clusters at the start of every epoch after 20 "
            "warm-up epochs of InfoNCE alone ([PCL]'s warm-up; the images per prototype of [PCL] on ImageNet); all "
            "the other prototypes are each image's negatives (r = M - 1). ",
+    "byol": "[BYOL]'s online projector and predictor (2 layers each, here 512 hidden units and 128 outputs) and a "
+            "momentum target; tau fixed at 0.99 ([BYOL] raises it from 0.996 to 1 over training on ImageNet; 0.99 "
+            "suits a run of a few thousand steps). SimCLR's quick settings otherwise, so the two cost the same. ",
+    "simsiam": "[SIMSIAM]'s predictor with its bottleneck a quarter of the projection (128 -> 32 -> 128) and the "
+               "stop-gradient (method_options stop_gradient=False is the collapsing ablation of its section 4.1); "
+               "SimCLR's quick settings otherwise. ",
+    "barlow-twins": "[BARLOW]'s 3-layer projector (here 512 hidden, 256 outputs, not its 8,192) and lambda 5e-3; "
+                    "SimCLR's quick settings otherwise. ",
 }
 _MEASURED = ("60 s on 2 idle CPU threads (1,250-1,730 steps) gave, in 6 runs of 3 seeds, a linear probe of about "
              "{} with 1% of the labels and {} with 10% (raw pixels: 57% and 89.5%; a random encoder: 57% and 89%; "
@@ -478,6 +498,8 @@ _QUICK_EXPECTED = {
              "gave, in one run of 3 seeds, a linear probe of about 74% (73-76%) with 1% of the labels and 96% "
              "(95.7-96.2%) with 10% (raw pixels: 57% and 89.5%; a random encoder: 57% and 89%; SimCLR: 90% and "
              "97.5%; benchmarks/README.md)",
+    **dict.fromkeys(NONCONTRASTIVE_METHODS, "not measured yet at this budget (benchmarks/README.md, \"Without "
+                                            "negatives\", has 300-step runs against SimCLR)"),
     "pcl": "60 s on 2 idle CPU threads (540-585 steps: every epoch of 4 steps after the warm-up begins with "
            "k-means of the 1,257 digits at three granularities) gave, in one run of 3 seeds, a linear probe of about "
            "84% (83.5-84.7%) with 1% of the labels and 96.6% (96.3-96.9%) with 10% (raw pixels: 57% and 89.5%; a "
@@ -562,6 +584,30 @@ def _cifar_pcl(common: dict) -> Recipe:
     )
 
 
+_LIGHTLY_KNN = {"byol": ("0.868", "0.910"), "simsiam": ("0.764", "0.904"), "barlow-twins": ("0.819", "0.859")}
+_CIFAR_HEADS = {  # projection / prediction heads after [LIGHTLY]'s ResNet-18 benchmark models
+    "byol": dict(projection_dim=256, hidden_dim=1024, head_layers=2,
+                 method_options=dict(momentum=0.99, prediction_hidden_dim=1024)),
+    "simsiam": dict(projection_dim=128, hidden_dim=512, head_layers=2, method_options=dict(predictor_hidden_dim=64)),
+    "barlow-twins": dict(projection_dim=2048, hidden_dim=2048, head_layers=3),
+}
+
+
+def _cifar_noncontrastive(method: str, common: dict) -> Recipe:
+    two, eight = _LIGHTLY_KNN[method]
+    paper = {"byol": "BYOL", "simsiam": "SIMSIAM", "barlow-twins": "BARLOW"}[method]
+    return Recipe(
+        lr=0.06 * 512 / 128, weight_decay=5e-4, temperature=1.0, augment_options={"blur_p": 0.0},
+        expected=f"kNN (k=200) about {two} after 200 epochs and about {eight} after 800 (LightlySSL CIFAR-10 "
+                 f"benchmark, batch 512, max over epochs; SimCLR there: 0.848 / 0.879). Not measured here.",
+        sources=("LIGHTLY", paper),
+        notes="[LIGHTLY]'s SGD schedule and head sizes for a ResNet-18 (read from its benchmark page and models, "
+              "not a line-by-line reproduction); BYOL's tau stays at 0.99 where [LIGHTLY] and [BYOL] raise it to "
+              "1 with a cosine schedule.",
+        **_CIFAR_HEADS[method], **common,
+    )
+
+
 def _cifar_recipe(method: str) -> Recipe:
     """The full profile on CIFAR-10: ResNet-18 (CIFAR stem), batch 512, 200 epochs, SGD + cosine."""
     common = dict(method=method, profile="full", dataset="cifar10", image_size=32, in_channels=3,
@@ -573,6 +619,8 @@ def _cifar_recipe(method: str) -> Recipe:
         return _cifar_nnclr(common)
     if method == "pcl":
         return _cifar_pcl(common)
+    if method in NONCONTRASTIVE_METHODS:
+        return _cifar_noncontrastive(method, common)
     if method == "simclr":
         return Recipe(
             lr=0.06 * 512 / 128, weight_decay=5e-4, temperature=0.5, hidden_dim=512, head_layers=2,
@@ -903,18 +951,22 @@ def build_encoder(recipe: Recipe) -> nn.Module:
 def method_class(name: str) -> type[nn.Module]:
     """The :class:`~clcourse.methods.Method` subclass that trains under ``name`` (one of :data:`METHODS`)."""
     from clcourse.methods import (
+        BYOL,
         NNCLR,
         PCL,
         PCRL,
         SSCL,
+        BarlowTwins,
         MoCo,
         PixelContrast,
         SimCLR,
+        SimSiam,
         SupCon,
         SwAV,
     )
 
     classes = {"simclr": SimCLR, "moco": MoCo, "supcon": SupCon, "swav": SwAV, "nnclr": NNCLR, "pcl": PCL,
+               "byol": BYOL, "simsiam": SimSiam, "barlow-twins": BarlowTwins,
                "pixel-contrast": PixelContrast, "pcrl": PCRL, "sscl": SSCL}
     if name not in classes:
         raise ValueError(f"method must be one of {METHODS}, got {name!r}")
@@ -925,6 +977,12 @@ def _image_method(recipe: Recipe, encoder: nn.Module, gather_distributed: bool) 
     return method_class(recipe.method)(encoder, projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim,
                                        head_layers=recipe.head_layers, temperature=recipe.temperature,
                                        gather_distributed=gather_distributed, **recipe.method_options)
+
+
+def _noncontrastive(recipe: Recipe, encoder: nn.Module, gather_distributed: bool) -> nn.Module:
+    return method_class(recipe.method)(encoder, projection_dim=recipe.projection_dim, hidden_dim=recipe.hidden_dim,
+                                       head_layers=recipe.head_layers, gather_distributed=gather_distributed,
+                                       **recipe.method_options)
 
 
 def _pixel_contrast(recipe: Recipe, segmenter: nn.Module, gather_distributed: bool) -> nn.Module:
@@ -942,7 +1000,8 @@ def _pcrl(recipe: Recipe, encoder: nn.Module, gather_distributed: bool) -> nn.Mo
                 gather_distributed=gather_distributed, **recipe.method_options)
 
 
-_METHOD_BUILDERS = {"pixel-contrast": _pixel_contrast, "pcrl": _pcrl}  # the others: _image_method
+_METHOD_BUILDERS = {"pixel-contrast": _pixel_contrast, "pcrl": _pcrl,  # the others: _image_method
+                    **dict.fromkeys(NONCONTRASTIVE_METHODS, _noncontrastive)}
 
 
 def _sscl(recipe: Recipe, train) -> nn.Module:

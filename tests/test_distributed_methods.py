@@ -24,6 +24,10 @@ rank 0 and received by the others, so the processes hold identical prototypes, b
 the one-process run they agree up to rounding only: the E-step encodes the images with weights that
 took one step of DDP's averaged gradients, which differ from the single process's in the last bits;
 the assignments are the same and the prototypes and concentrations agree to 1e-5.
+
+BYOL and SimSiam have nothing to gather: their loss is a mean of per-image terms, so the local run equals the
+global one too (with linear heads, no batch norm): what gathering buys them is nothing. Barlow Twins' cross-
+correlation is a statistic of the batch; without gathering each process correlates its own share.
 """
 
 
@@ -33,10 +37,11 @@ from torch import nn
 
 from clcourse.distributed import DistributedMethod
 from clcourse.methods import PCL, Triplet
-from clcourse.recipes import IMAGE_METHODS, get_recipe, method_class
+from clcourse.recipes import IMAGE_METHODS, NONCONTRASTIVE_METHODS, get_recipe, method_class
 from gloo import run_on_processes
 
 WORLD, BATCH, STEPS = 2, 16, 3
+PER_IMAGE_LOSS = ("byol", "simsiam")  # a mean over images: nothing to gather
 PCL_IMAGES = 40  # PCL's training set: its batches carry indices into it
 
 
@@ -60,9 +65,11 @@ def make_method(name: str, gather: bool) -> nn.Module:
                **({"num_clusters": (4, 8), "warmup_epochs": 1} if name == "pcl" else {}),
                # NNCLR's default prediction head normalises with the batch statistics of each process;
                # a linear one keeps the comparison exact, like head_layers=1 for the projection head.
-               **({"prediction_layers": 1} if name == "nnclr" else {})}
-    method = method_class(name)(LinearEncoder(), projection_dim=8, head_layers=1, temperature=recipe.temperature,
-                                gather_distributed=gather, **options)
+               **({"prediction_layers": 1} if name in ("nnclr", "byol", "simsiam") else {})}
+    if name not in NONCONTRASTIVE_METHODS:
+        options["temperature"] = recipe.temperature
+    method = method_class(name)(LinearEncoder(), projection_dim=8, head_layers=1, gather_distributed=gather,
+                                **options)
     if name == "pcl":
         method.attach_dataset(torch.rand(PCL_IMAGES, 1, 8, 8, generator=torch.Generator().manual_seed(7)))
     return method
@@ -137,10 +144,16 @@ def test_gathered_training_equals_one_process_on_the_global_batch(two_processes,
 
 @pytest.mark.parametrize("name", IMAGE_METHODS)
 def test_local_negatives_train_differently(two_processes, name):
-    """Discriminates: a method that ignored gather_distributed would train like this, and fail above."""
+    """Discriminates: a method that ignored gather_distributed would train like this, and fail above; except
+    BYOL and SimSiam, whose per-image losses need nothing from the other processes."""
     reference = one_process_run(name)
     local = two_processes[0][f"{name}/local"]
-    assert max(abs(a - b) for a, b in zip(local["losses"], reference["losses"])) > 1e-3
+    gap = max(abs(a - b) for a, b in zip(local["losses"], reference["losses"]))
+    if name in PER_IMAGE_LOSS:
+        assert gap < 2e-5
+        torch.testing.assert_close(local["weights"], reference["weights"], atol=2e-5, rtol=1e-4)
+    else:
+        assert gap > 1e-3
 
 
 def test_pcl_e_step_gives_every_process_the_same_prototypes(two_processes):

@@ -3,6 +3,7 @@ import itertools
 
 import pytest
 import torch
+from torch import nn
 
 from clcourse.data import (
     IGNORE_INDEX,
@@ -21,6 +22,7 @@ from clcourse.recipes import (
     DENSE_METHODS,
     IMAGE_METHODS,
     METHODS,
+    NONCONTRASTIVE_METHODS,
     SOURCES,
     Recipe,
     build,
@@ -69,7 +71,8 @@ def test_every_recipe_is_complete_or_refused_clearly(method, profile, dataset):
 
 
 def test_the_full_cifar10_recipes_follow_their_references():
-    simclr, moco, supcon, swav, nnclr, pcl = (get_recipe(m, "full", "cifar10") for m in IMAGE_METHODS)
+    simclr, moco, supcon, swav, nnclr, pcl = (get_recipe(m, "full", "cifar10")
+                                              for m in ("simclr", "moco", "supcon", "swav", "nnclr", "pcl"))
     for r in (simclr, moco, supcon, swav, nnclr, pcl):
         assert (r.encoder, r.batch_size, r.epochs, r.optimizer) == ("resnet18_cifar", 512, 200, "sgd")
         assert r.schedule == "cosine"
@@ -98,13 +101,35 @@ def test_the_full_cifar10_recipes_follow_their_references():
     assert set(pcl.sources) == {"PCL", "MOCO-DEMO"} and "our choice" in pcl.notes
 
 
+def test_the_noncontrastive_recipes_build_their_methods_without_a_temperature():
+    from clcourse.methods import BYOL, BarlowTwins, SimSiam
+
+    for name, cls in (("byol", BYOL), ("simsiam", SimSiam), ("barlow-twins", BarlowTwins)):
+        quick, full = get_recipe(name, "quick", "digits"), get_recipe(name, "full", "cifar10")
+        assert "temperature" not in quick.summary() and "temperature" in get_recipe("simclr", "quick").summary()
+        torch.manual_seed(0)
+        method = build_method(quick)
+        assert type(method) is cls and method.gather_distributed is False
+        assert build_method(quick, gather_distributed=True).gather_distributed is True
+        assert (quick.batch_size, quick.lr, quick.weight_decay) == (256, 3e-3, 1e-4)  # SimCLR's quick settings
+        assert (full.encoder, full.batch_size, full.epochs) == ("resnet18_cifar", 512, 200)
+        assert full.lr == pytest.approx(0.24)
+        assert "about" in full.expected and "LightlySSL" in full.expected and "LIGHTLY" in full.sources
+    byol, simsiam, barlow = (build_method(get_recipe(n, "quick", "digits")) for n in NONCONTRASTIVE_METHODS)
+    assert byol.momentum == 0.99 and byol.predictor.out_dim == byol.projector.out_dim == 128
+    assert simsiam.stop_gradient and simsiam.predictor.net[0].out_features == 32  # the bottleneck: 128 / 4
+    assert barlow.projector.out_dim == 256 and len([m for m in barlow.projector.net if isinstance(m, nn.Linear)]) == 3
+    assert "about 0.868 after 200 epochs and about 0.910 after 800" in get_recipe("byol", "full", "cifar10").expected
+    assert get_recipe("simsiam", "full", "cifar10").method_options == dict(predictor_hidden_dim=64)
+
+
 def test_default_dataset_and_auto_profile(monkeypatch):
     monkeypatch.setenv("CLCOURSE_PROFILE", "quick")
     assert get_recipe("simclr").dataset == "digits"
     assert get_recipe("simclr", "auto").profile == "quick"
     assert get_recipe("moco", "full").dataset == "cifar10"
     with pytest.raises(ValueError, match="method must be one of"):
-        get_recipe("byol")
+        get_recipe("dino")
     with pytest.raises(ValueError, match="dataset must be one of"):
         get_recipe("simclr", "quick", "mnist")
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from clcourse.checks import check_number
-from clcourse.encoders import PredictionHead, ProjectionHead
+from clcourse.encoders import ProjectionHead
 from clcourse.methods.base import Method, moving_average, views_and_labels
 from clcourse.noncontrastive_losses import byol_loss
 
@@ -26,19 +26,28 @@ class BYOL(Method):
     Args:
         encoder: maps [B, C, H, W] to [B, encoder.out_dim].
         projection_dim: size of the projections and predictions (256 in [1]).
-        hidden_dim: hidden width of projector and predictor (default: the encoder's out_dim).
+        hidden_dim: hidden width of the projector (default: the encoder's out_dim).
+        head_layers: Linear layers of the projector (2 in [1]).
+        prediction_hidden_dim: hidden width of the predictor (default: ``hidden_dim``, else the encoder's out_dim).
+        prediction_layers: Linear layers of the predictor (2 in [1]; 1 = linear, without batch norm).
         momentum: tau of the target's update xi <- tau xi + (1 - tau) theta after every step ([1] starts at
             0.996 and raises it to 1 with a cosine schedule; here it stays fixed).
+        gather_distributed: accepted so that every image method is built alike; there is nothing to gather. The
+            loss is a mean of per-image terms, so data-parallel training equals one process on the global batch
+            with or without it (tests/test_distributed_methods.py), up to batch norm's per-process statistics.
 
     A batch is ``(views, labels)`` with two views [B, C, H, W]; labels are ignored. ``on_step_end`` moves the
     target.
     """
 
     def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int | None = None,
-                 momentum: float = 0.99):
-        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=2)
-        super().__init__(encoder, head, gather_distributed=None)
-        self.predictor = PredictionHead(projection_dim, hidden_dim or encoder.out_dim)
+                 head_layers: int = 2, prediction_hidden_dim: int | None = None, prediction_layers: int = 2,
+                 momentum: float = 0.99, gather_distributed: bool = False):
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers)
+        super().__init__(encoder, head, gather_distributed=gather_distributed)
+        dim = self.projector.out_dim
+        self.predictor = ProjectionHead(dim, hidden_dim=prediction_hidden_dim or hidden_dim or encoder.out_dim,
+                                        out_dim=dim, num_layers=prediction_layers)
         self.momentum = check_number("momentum", momentum, strict=False)
         if self.momentum > 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from clcourse.encoders import PredictionHead, ProjectionHead
+from clcourse.encoders import ProjectionHead
 from clcourse.methods.base import Method, views_and_labels
 from clcourse.noncontrastive_losses import simsiam_loss
 
@@ -24,17 +24,25 @@ class SimSiam(Method):
         encoder: maps [B, C, H, W] to [B, encoder.out_dim].
         projection_dim: size of the projector's output z (and of the predictor's p).
         hidden_dim: the projector's hidden width (default: the encoder's out_dim).
+        head_layers: Linear layers of the projector ([1]: 3 on ImageNet, 2 on CIFAR-10).
         predictor_hidden_dim: the predictor's bottleneck (a quarter of ``projection_dim`` in [1]; default so).
+        prediction_layers: Linear layers of the predictor (2 in [1]; 1 = linear, without batch norm).
         stop_gradient: hold the projections fixed in the loss (False: the collapsing ablation of [1]).
+        gather_distributed: accepted so that every image method is built alike; there is nothing to gather. The
+            loss is a mean of per-image terms, so data-parallel training equals one process on the global batch
+            with or without it (tests/test_distributed_methods.py), up to batch norm's per-process statistics.
 
     A batch is ``(views, labels)`` with two views [B, C, H, W]; labels are ignored.
     """
 
     def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int | None = None,
-                 predictor_hidden_dim: int | None = None, stop_gradient: bool = True):
-        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=2)
-        super().__init__(encoder, head, gather_distributed=None)
-        self.predictor = PredictionHead(projection_dim, predictor_hidden_dim or max(1, projection_dim // 4))
+                 head_layers: int = 2, predictor_hidden_dim: int | None = None, prediction_layers: int = 2,
+                 stop_gradient: bool = True, gather_distributed: bool = False):
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers)
+        super().__init__(encoder, head, gather_distributed=gather_distributed)
+        dim = self.projector.out_dim
+        self.predictor = ProjectionHead(dim, hidden_dim=predictor_hidden_dim or max(1, dim // 4), out_dim=dim,
+                                        num_layers=prediction_layers)
         self.stop_gradient = stop_gradient
 
     def training_step(self, batch) -> torch.Tensor:
