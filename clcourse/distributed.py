@@ -232,6 +232,8 @@ class DistributedMethod:
     - A key encoder without gradients (MoCo) needs no ``find_unused_parameters``: DDP reduces
       only parameters that require one. A method whose trainable parameters sit out some steps
       (SwAV's prototypes while frozen) says so with a class attribute ``find_unused_parameters = True``.
+    - ``channels_last``: store the 4-D weights channels-last before DDP is built (the rule of
+      :func:`~clcourse.train.fit`: None = on CUDA only); pass the value ``fit`` gets.
     - Buffers are not broadcast every step: BN's running statistics are read only in eval
       mode, and queues stay equal on every process because the keys are gathered; checkpoints
       come from rank 0.
@@ -243,7 +245,7 @@ class DistributedMethod:
     """
 
     def __init__(self, method: nn.Module, device: torch.device | str, *, sync_batch_norm: bool | None = None,
-                 local_negatives: bool = False):
+                 local_negatives: bool = False, channels_last: bool | None = None):
         from torch.nn.parallel import DistributedDataParallel
 
         if not is_distributed():
@@ -263,6 +265,10 @@ class DistributedMethod:
         if sync_batch_norm:
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         self.method = method.to(device)
+        if channels_last or (channels_last is None and device.type == "cuda"):
+            # Before DDP lays out its gradient buckets: converted afterwards (as fit would), every bucket's strides
+            # would differ from its gradients' and each step would copy them ("Grad strides do not match").
+            self.method.to(memory_format=torch.channels_last)
         self.sync_batch_norm = sync_batch_norm
         # Newer PyTorch renamed broadcast_buffers (syncing at init, which we want, is kept either way).
         no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(

@@ -70,7 +70,8 @@ def train_run(recipe: Recipe, out: Path, device: torch.device, *, resume: bool =
         log(recipe.summary())
     method, loader, eval_train, eval_test = build(recipe, device, root=root, download=download,
                                                    rank=rank, world_size=world)
-    trainee = distributed.DistributedMethod(method, device) if world > 1 else method
+    trainee = (distributed.DistributedMethod(method, device, channels_last=recipe.channels_last) if world > 1
+               else method)
     method = trainee.method if world > 1 else method  # SyncBatchNorm conversion may have replaced modules
     if rank == 0 and resume and not (out / CHECKPOINT_NAME).is_file():
         log(f"no checkpoint in {out}: starting from scratch")

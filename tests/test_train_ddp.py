@@ -68,3 +68,12 @@ def test_the_first_loss_is_the_loss_of_the_global_batch(ddp_run):
     assert logged == pytest.approx(global_loss, abs=1e-5)
     # Discriminates: without the gathered negatives each process would see only its own share.
     assert abs(logged - sum(local_losses) / WORLD) > 1e-2
+
+
+def test_channels_last_weights_are_laid_out_before_ddp_builds_its_buckets(ddp_run):
+    """The digits recipe trains channels-last: converted after DDP was built, every gradient bucket's strides
+    would differ from its gradients' and torch warns on each backward."""
+    _, result = ddp_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert get_recipe("simclr", "quick", "digits").channels_last
+    assert "Grad strides do not match bucket view strides" not in result.stderr
