@@ -31,6 +31,7 @@ References
 [14] Joseph et al., ORE, 2021. "Towards Open World Object Detection", CVPR.
 [15] Srinivas, Laskin et al., CURL, 2020. "CURL: Contrastive Unsupervised Representations for Reinforcement
     Learning", ICML.
+[16] Radford et al., CLIP, 2021. "Learning Transferable Visual Models From Natural Language Supervision", ICML.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "info_nce",
     "info_nce_from_similarities",
     "paired_info_nce",
+    "clip_loss",
     "proto_nce",
     "triplet_margin",
     "mine_triplets",
@@ -377,6 +379,37 @@ def paired_info_nce(anchors: Tensor, candidates: Tensor, temperature: float = 0.
         c = gather_with_grad(c)  # process r's partners are rows r * N + i of the gathered candidates
         target = target + rank() * a.shape[0]
     return F.cross_entropy(a @ c.t() / t, target)
+
+
+@_outside_autocast
+def clip_loss(image_embeddings: Tensor, text_embeddings: Tensor, temperature: float | Tensor = 0.07) -> Tensor:
+    """CLIP's symmetric InfoNCE [16]: each image picks its caption among the batch's, and each caption its image.
+
+    Shapes: image_embeddings, text_embeddings [N, D] (row i of each a pair); returns a scalar. With S the [N, N]
+    matrix of cosine similarities (S_ij = cos(image i, text j)), the loss is the mean of the two directions'
+    cross-entropies, the diagonal as the target ([16], figure 3):
+
+        L = ( CE(S / t, rows) + CE(S^T / t, rows) ) / 2,
+
+    each the :func:`paired_info_nce` of one direction. Swapping images and texts transposes S and leaves L
+    unchanged. Identical rows give log N; L -> 0 when every pair is far more similar than every other.
+
+    temperature: t > 0, a float or a one-element tensor; a tensor with gradient makes t learnable, as in [16]
+    (initialised to 0.07 and parametrised by its log there, see :class:`clcourse.methods.clip.CLIP`).
+    """
+    _check_pairs("clip_loss", "image_embeddings", image_embeddings, "text_embeddings", text_embeddings, False)
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1 or not temperature.is_floating_point():
+            raise ValueError(f"temperature must be a number or a one-element floating-point tensor, got "
+                             f"{temperature.dtype} of shape {shape_of(temperature)}")
+        check_number("temperature", temperature.detach())
+        t = temperature.reshape(())
+    else:
+        t = check_number("temperature", temperature)
+    images, texts = _normalized(image_embeddings, text_embeddings)
+    logits = images @ texts.t() / t
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 def proto_nce(query: Tensor, prototypes: Tensor, concentration: Tensor, assignments: Tensor,

@@ -554,3 +554,71 @@ def test_contrastive_clustering_gradients_and_bad_input():
         contrastive_clustering(features, torch.zeros(6, dtype=torch.long), prototypes, margin=0.0)
     with pytest.raises(ValueError, match="valid must be a bool tensor"):
         contrastive_clustering(features, torch.zeros(6, dtype=torch.long), prototypes, valid=torch.ones(3))
+
+
+# --------------------------------------------------------------------------- CLIP's symmetric InfoNCE
+
+
+def _clip_loop(images, texts, t):
+    """Both directions written out, one anchor at a time."""
+    s = unit(images) @ unit(texts).T
+    n = len(s)
+    rows = [-(s[i, i] / t - torch.logsumexp(s[i] / t, 0)) for i in range(n)]
+    columns = [-(s[j, j] / t - torch.logsumexp(s[:, j] / t, 0)) for j in range(n)]
+    return (torch.stack(rows).mean() + torch.stack(columns).mean()) / 2
+
+
+def test_clip_loss_is_both_directions_of_the_similarity_matrix():
+    from clcourse.losses import clip_loss, paired_info_nce
+
+    images, texts = randn(7, 5, seed=1), randn(7, 5, seed=2)
+    torch.testing.assert_close(clip_loss(images, texts, 0.2), _clip_loop(images, texts, 0.2))
+    torch.testing.assert_close(clip_loss(images, texts, 0.2),
+                               (paired_info_nce(images, texts, 0.2) + paired_info_nce(texts, images, 0.2)) / 2)
+    # swapping the modalities transposes S and leaves the loss unchanged; one direction alone does not
+    torch.testing.assert_close(clip_loss(texts, images, 0.2), clip_loss(images, texts, 0.2))
+    assert not torch.allclose(paired_info_nce(images, texts, 0.2), paired_info_nce(texts, images, 0.2))
+
+
+def test_clip_loss_closed_forms():
+    from clcourse.losses import clip_loss
+
+    same = torch.ones(6, 3)
+    torch.testing.assert_close(clip_loss(same, same, 0.07), torch.tensor(math.log(6)))  # all N candidates alike
+    one_hot = torch.eye(4)
+    assert clip_loss(one_hot, one_hot, 0.01) < 1e-6
+    t = 0.5
+    orthogonal = clip_loss(torch.ones(3, 2), torch.tensor([[1.0, -1.0]] * 3), t)  # every similarity 0
+    torch.testing.assert_close(orthogonal, torch.tensor(math.log(3.0)))
+    images, texts = torch.eye(3, 4, dtype=torch.float64), torch.eye(3, 4, dtype=torch.float64)
+    expected = math.log(math.e ** (1 / t) + 2) - 1 / t  # diagonal 1, off-diagonal 0: log(e^{1/t} + N - 1) - 1/t
+    torch.testing.assert_close(clip_loss(images, texts, t), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_clip_loss_learnable_temperature_gets_a_gradient():
+    from clcourse.losses import clip_loss
+
+    images, texts = randn(5, 4, seed=3, dtype=torch.float32), randn(5, 4, seed=4, dtype=torch.float32)
+    log_scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
+    loss = clip_loss(images, texts, torch.exp(-log_scale))
+    torch.testing.assert_close(loss, clip_loss(images, texts, 0.07))
+    loss.backward()
+    assert log_scale.grad is not None and torch.isfinite(log_scale.grad) and log_scale.grad != 0
+
+
+def test_clip_loss_bad_input():
+    from clcourse.losses import clip_loss
+
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="same shape"):
+        clip_loss(x, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        clip_loss(x[:1], x[:1])
+    with pytest.raises(ValueError, match="floating-point"):
+        clip_loss(x.long(), x)
+    with pytest.raises(ValueError, match="temperature"):
+        clip_loss(x, x, 0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        clip_loss(x, x, torch.tensor(-0.1))
+    with pytest.raises(ValueError, match="one-element"):
+        clip_loss(x, x, torch.tensor([0.1, 0.2]))

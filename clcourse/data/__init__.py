@@ -6,6 +6,8 @@
 - `make_scenes`, `SCENE_CLASSES`: several shapes per image, with class masks and boxes.
 - `make_lesions`: medical-like grayscale slices with lesion masks and boxes, from two scanners.
 - `make_reviews`, `ASPECTS`: restaurant review sentences with their gold aspect (food, service, price, ambience).
+- `make_sounds`, `Sounds`: synthesised sound events (tones, chirps, voices, noise bursts) in four timbres.
+- `make_clips`, `Clips`, `FrameWindows`: short clips of a moving shape, and windows of their frames as views.
 - `cifar10`, `stl10`: torchvision datasets with a clear error when missing.
 - `load_folder`: your own images in torchvision's ImageFolder layout.
 - `TwoViews`, `MultiCrop`, `collate_views`: per-sample views for a DataLoader.
@@ -14,6 +16,7 @@
 - `shard_rows`, `ShardedAugment`, `ShardedLoader`: one process's share of every batch.
 """
 
+from clcourse.data.clips import Clips, FrameWindows, make_clips
 from clcourse.data.dense_data import IGNORE_INDEX, DenseData
 from clcourse.data.dense_loader import DenseLoader
 from clcourse.data.detection import DetectionBatch, DetectionBatches, task_annotations
@@ -32,6 +35,7 @@ from clcourse.data.shapes import (
     make_shapes,
 )
 from clcourse.data.sharding import ShardedAugment, ShardedLoader, shard_rows
+from clcourse.data.sounds import Sounds, make_sounds
 from clcourse.data.torchvision_sets import (
     DEFAULT_ROOT,
     DatasetNotFoundError,
@@ -46,6 +50,7 @@ __all__ = [
     "ASPECTS",
     "COLOR_NAMES",
     "COLOR_VALUES",
+    "Clips",
     "DEFAULT_ROOT",
     "DatasetNotFoundError",
     "DenseData",
@@ -53,6 +58,7 @@ __all__ = [
     "DetectionBatch",
     "DetectionBatches",
     "FACTOR_NAMES",
+    "FrameWindows",
     "IGNORE_INDEX",
     "ImageData",
     "MultiCrop",
@@ -61,6 +67,7 @@ __all__ = [
     "SHAPE_NAMES",
     "ShardedAugment",
     "ShardedLoader",
+    "Sounds",
     "TEXTURE_NAMES",
     "TwoViews",
     "ViewLoader",
@@ -70,10 +77,12 @@ __all__ = [
     "default_root",
     "load_digits",
     "load_folder",
+    "make_clips",
     "make_lesions",
     "make_reviews",
     "make_scenes",
     "make_shapes",
+    "make_sounds",
     "shard_rows",
     "stl10",
     "task_annotations",
