@@ -32,6 +32,8 @@ from clcourse.grading import (  # noqa: E402,F401  (imported for their side effe
     lesson14_curl,
     lesson15_pcrl,
     lesson16_sscl,
+    lesson17_challenges,
+    lesson18_beyond,
 )
 
 __all__ = ["CheckResult", "Task", "check", "evaluate", "tasks"]
