@@ -140,13 +140,13 @@ LESSON_COSTS: dict[str, LessonCost] = {
         fuller="more `steps` or `num_sentences`, or `clcourse train sscl`",
     ),
     "17": LessonCost(
-        "Challenges", 120,
+        "Challenges", 91,
         full="the same experiments on 8x8 digits with 2,000 steps per run",
         faster="`steps` (200) or fewer `seeds` (3) in the runs cell before section 2: noisier tables",
         fuller="more `steps`; more CPUs train more runs side by side",
     ),
     "18": LessonCost(
-        "Beyond", 120,
+        "Beyond", 125,
         full="SimCSE for 1,000 steps, CLIP, sound and video runs with 10x the steps, SimSiam for 1,500 steps",
         faster="`text_steps` (100) or `noncontrastive_steps` (100), or fewer CLIP `seeds` (3): a noisier table",
         fuller="more steps in each section, or `clcourse train byol|simsiam|barlow-twins`",
