@@ -2,7 +2,6 @@
 hint."""
 
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from wrong_answers import (
     assert_rejected_with_hint,
     assert_solution_passes_and_student_hides_it,
     each_wrong_answer,
+    exits_on_purpose,
+    raises_on_purpose,
 )
 
 from clcourse.grading import evaluate, tasks
@@ -234,14 +235,6 @@ def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
 
 # --- hostile and broken answers: failures with a reason, never a crash or a checker error ----
 
-def _raises(*args):
-    raise ValueError("broken on purpose")
-
-
-def _exits(*args):
-    sys.exit(3)
-
-
 def _builds_the_matrix(batch, c):
     """A numerical answer: fine for small batches, out of memory for 10**6."""
     codes = torch.eye(batch, dtype=torch.float64)
@@ -255,13 +248,13 @@ def _modifies_frames(frames, top, left, size):
 
 
 @pytest.mark.parametrize("task_id, answer, problem", [
-    ("14.crop", _raises, "ValueError: broken on purpose"),
-    ("14.crop", _exits, "SystemExit"),
+    ("14.crop", raises_on_purpose, "ValueError: broken on purpose"),
+    ("14.crop", exits_on_purpose, "SystemExit"),
     ("14.crop", lambda *a: None, "expected a tensor"),
     ("14.crop", lambda f, t, l, s: crop_solution(f, t, l, s).numpy(), "expected a tensor"),
     ("14.crop", _modifies_frames, "in place"),
     ("14.crop", 42, "must be a function"),
-    ("14.closed_form", _raises, "ValueError: broken on purpose"),
+    ("14.closed_form", raises_on_purpose, "ValueError: broken on purpose"),
     ("14.closed_form", lambda b, c: None, "expected a number"),
     ("14.closed_form", lambda b, c: "0.5", "expected a number"),
     ("14.closed_form", lambda b, c: float("nan"), "expected a finite loss"),

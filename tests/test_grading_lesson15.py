@@ -1,6 +1,5 @@
 """Lesson 15 checks: the references agree with PCRL, solutions pass, wrong and hostile answers fail with a hint."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,8 @@ from wrong_answers import (
     assert_rejected_with_hint,
     assert_solution_passes_and_student_hides_it,
     each_wrong_answer,
+    exits_on_purpose,
+    raises_on_purpose,
 )
 
 from clcourse.device import torch_threads
@@ -301,14 +302,6 @@ def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
 
 # --- hostile and broken answers: failures with a reason, never a crash or a checker error ----
 
-def _raises(*args):
-    raise ValueError("broken on purpose")
-
-
-def _exits(*args):
-    sys.exit(3)
-
-
 def _interrupts(*args):
     raise KeyboardInterrupt
 
@@ -341,8 +334,8 @@ def _flip_two(flip_rows, flip_cols, k):
 
 
 @pytest.mark.parametrize("task_id, answer, problem", [
-    ("15.hybrid", _raises, "ValueError: broken on purpose"),
-    ("15.hybrid", _exits, "SystemExit"),
+    ("15.hybrid", raises_on_purpose, "ValueError: broken on purpose"),
+    ("15.hybrid", exits_on_purpose, "SystemExit"),
     ("15.hybrid", _interrupts, "KeyboardInterrupt"),
     ("15.hybrid", lambda *a: None, "expected a tuple"),
     ("15.hybrid", _strings, "item 0"),
@@ -350,8 +343,8 @@ def _flip_two(flip_rows, flip_cols, k):
     ("15.hybrid", _numpy_maps, "expected a tensor"),
     ("15.hybrid", _modifies_targets, "changed the targets in place"),
     ("15.hybrid", 42, "must be a function"),
-    ("15.dihedral", _raises, "ValueError: broken on purpose"),
-    ("15.dihedral", _exits, "SystemExit"),
+    ("15.dihedral", raises_on_purpose, "ValueError: broken on purpose"),
+    ("15.dihedral", exits_on_purpose, "SystemExit"),
     ("15.dihedral", lambda *a: None, "expected a pair"),
     ("15.dihedral", lambda *a: "False, 0", "expected a pair"),
     ("15.dihedral", lambda fr, fc, k: make_transforms([False], [fc], [k])[0], "got a tensor of shape [6]"),

@@ -1,7 +1,6 @@
 """Lesson 16 checks: the references agree with SSCL, solutions pass, wrong and hostile answers fail with a hint."""
 
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from wrong_answers import (
     assert_rejected_with_hint,
     assert_solution_passes_and_student_hides_it,
     each_wrong_answer,
+    exits_on_purpose,
+    raises_on_purpose,
 )
 
 from clcourse.device import torch_threads
@@ -321,14 +322,6 @@ def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
 
 # --- hostile and broken answers: failures with a reason, never a crash or a checker error ----
 
-def _raises(*args):
-    raise ValueError("broken on purpose")
-
-
-def _exits(*args):
-    sys.exit(3)
-
-
 def _interrupts(*args):
     raise KeyboardInterrupt
 
@@ -351,8 +344,8 @@ def _modifies_sentences(r, z):
 
 
 @pytest.mark.parametrize("task_id, answer, problem", [
-    ("16.contrast", _raises, "ValueError: broken on purpose"),
-    ("16.contrast", _exits, "SystemExit"),
+    ("16.contrast", raises_on_purpose, "ValueError: broken on purpose"),
+    ("16.contrast", exits_on_purpose, "SystemExit"),
     ("16.contrast", _interrupts, "KeyboardInterrupt"),
     ("16.contrast", lambda r, z: None, "expected a tensor"),
     ("16.contrast", lambda r, z: "loss", "expected a tensor"),
@@ -361,8 +354,8 @@ def _modifies_sentences(r, z):
     ("16.contrast", lambda r, z: contrast_solution(r.float(), z.float()), "wrong dtype"),
     ("16.contrast", _modifies_sentences, "changed its input number 2 in place"),
     ("16.contrast", 42, "must be a function"),
-    ("16.attention_cap", _raises, "ValueError: broken on purpose"),
-    ("16.attention_cap", _exits, "SystemExit"),
+    ("16.attention_cap", raises_on_purpose, "ValueError: broken on purpose"),
+    ("16.attention_cap", exits_on_purpose, "SystemExit"),
     ("16.attention_cap", lambda s, n, k: None, "expected a number"),
     ("16.attention_cap", lambda s, n, k: "0.5", "expected a number"),
     ("16.attention_cap", lambda s, n, k: float("nan"), "got nan"),

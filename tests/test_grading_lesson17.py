@@ -3,7 +3,6 @@ hint."""
 
 import math
 import random
-import sys
 
 import pytest
 import torch
@@ -14,6 +13,8 @@ from wrong_answers import (
     assert_rejected_with_hint,
     assert_solution_passes_and_student_hides_it,
     each_wrong_answer,
+    exits_on_purpose,
+    raises_on_purpose,
 )
 
 from clcourse.evaluate import effective_rank
@@ -210,23 +211,15 @@ def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
 
 # --- hostile and broken answers: failures with a reason, never a crash or a checker error ----
 
-def _raises(*args):
-    raise ValueError("broken on purpose")
-
-
-def _exits(*args):
-    sys.exit(3)
-
-
 @pytest.mark.parametrize("task_id, answer, problem", [
-    ("17.diagnose", _raises, "ValueError: broken on purpose"),
-    ("17.diagnose", _exits, "SystemExit"),
+    ("17.diagnose", raises_on_purpose, "ValueError: broken on purpose"),
+    ("17.diagnose", exits_on_purpose, "SystemExit"),
     ("17.diagnose", lambda r: None, "expected"),
     ("17.diagnose", lambda r: 3, "expected"),
     ("17.diagnose", lambda r: "collapse", "collapse"),
     ("17.diagnose", lambda r: [learner(r)], "expected"),
-    ("17.collapse_rank", _raises, "ValueError: broken on purpose"),
-    ("17.collapse_rank", _exits, "SystemExit"),
+    ("17.collapse_rank", raises_on_purpose, "ValueError: broken on purpose"),
+    ("17.collapse_rank", exits_on_purpose, "SystemExit"),
     ("17.collapse_rank", lambda k, d, a, b: None, "expected a number"),
     ("17.collapse_rank", lambda k, d, a, b: float("nan"), "got nan"),
 ])

@@ -2,7 +2,6 @@
 answers fail with a hint."""
 
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +13,8 @@ from wrong_answers import (
     assert_rejected_with_hint,
     assert_solution_passes_and_student_hides_it,
     each_wrong_answer,
+    exits_on_purpose,
+    raises_on_purpose,
 )
 
 from clcourse.audio import mel_filterbank
@@ -197,21 +198,13 @@ def test_wrong_answer_is_rejected_with_its_hint(task_id, answer, mistake):
 
 # --- hostile and broken answers: failures with a reason, never a crash or a checker error ----
 
-def _raises(*args):
-    raise ValueError("broken on purpose")
-
-
-def _exits(*args):
-    sys.exit(3)
-
-
 @pytest.mark.parametrize("task_id, answer, problem", [
-    ("18.clip_floor", _raises, "ValueError: broken on purpose"),
-    ("18.clip_floor", _exits, "SystemExit"),
+    ("18.clip_floor", raises_on_purpose, "ValueError: broken on purpose"),
+    ("18.clip_floor", exits_on_purpose, "SystemExit"),
     ("18.clip_floor", lambda b, c, t: None, "expected a number"),
     ("18.clip_floor", lambda b, c, t: float("nan"), "got nan"),
     ("18.clip_floor", 42, "must be a function"),
-    ("18.mel_band", _raises, "ValueError: broken on purpose"),
+    ("18.mel_band", raises_on_purpose, "ValueError: broken on purpose"),
     ("18.mel_band", lambda f, sr, m: "3", "expected"),
     ("18.mel_band", lambda f, sr, m: None, "expected"),
 ])

@@ -3,6 +3,7 @@
 Each test module lists ``WRONG = {task_id: [(answer, text the hint must contain), ...]}``.
 """
 
+import sys
 from pathlib import Path
 
 import nbformat
@@ -70,3 +71,13 @@ def assert_solution_passes_and_student_hides_it(name: str, lesson: str, task_ids
     assert student == render(student_notebook(nb, source.name))
     assert BEGIN not in student and student.count(STUB.replace('"', '\\"')) == len(task_ids)
     assert not [leak for leak in leaks if leak in student]
+
+
+def raises_on_purpose(*args):
+    """A hostile answer that raises: the checker must report it as a failure, not crash."""
+    raise ValueError("broken on purpose")
+
+
+def exits_on_purpose(*args):
+    """A hostile answer that calls sys.exit: the checker must survive it."""
+    sys.exit(3)
