@@ -34,6 +34,7 @@ from clcourse.encoders import PixelEncoder
 from clcourse.envs import PixelGrid
 from clcourse.methods.curl import CURL, center_crop, random_view, to_unit
 from clcourse.train import save_checkpoint
+from clcourse.workers import on_one_thread, run_in_workers
 
 __all__ = ["AGENT_KINDS", "AgentJob", "AgentRun", "DQNAgent", "ReplayBuffer", "evaluate_agent", "make_agent",
            "run_job", "train_agent", "train_agents"]
@@ -349,14 +350,13 @@ def run_job(job: AgentJob) -> tuple[AgentRun, dict[str, Tensor]]:
     One thread, whichever process runs it: a DQN-sized step is too small for threads to speed it up, and the
     same thread count makes a job's result the same in a worker process as in this one.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        agent, env = job.build()
-        run = train_agent(agent, env, job.steps, seed=job.seed, eval_env=PixelGrid(**job.env), progress=False,
-                          **job.train)
-    finally:
-        torch.set_num_threads(threads)
+    return on_one_thread(_train_job, job)
+
+
+def _train_job(job: AgentJob) -> tuple[AgentRun, dict[str, Tensor]]:
+    agent, env = job.build()
+    run = train_agent(agent, env, job.steps, seed=job.seed, eval_env=PixelGrid(**job.env), progress=False,
+                      **job.train)
     return run, agent.state_dict()
 
 
@@ -369,33 +369,11 @@ def train_agents(jobs: Sequence[AgentJob], workers: int | None = None,
     in this process, one job after another. The results do not depend on ``workers``: each job is seeded and
     runs on one thread.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    from clcourse.device import usable_cpus
-
     jobs = list(jobs)
     if not jobs or not all(isinstance(job, AgentJob) for job in jobs):
         raise ValueError(f"jobs must be a non-empty sequence of AgentJob, got {jobs!r}")
-    workers = min(len(jobs), usable_cpus()) if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int (processes), got {workers!r}")
-    results: dict[int, tuple[AgentRun, dict[str, Tensor]]] = {}
-    bar = tqdm(total=len(jobs), desc="runs", disable=not progress, leave=False)
-    if workers == 1:
-        for i, job in enumerate(jobs):
-            results[i] = run_job(job)
-            bar.update()
-    else:
-        # spawned, not forked: a forked child of a process whose torch threads are running can hang
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            # the costliest runs first, so that no worker is left with a long one at the end
-            order = sorted(range(len(jobs)), key=lambda i: (-AGENT_COST[jobs[i].kind] * jobs[i].steps, i))
-            futures = {pool.submit(run_job, jobs[i]): i for i in order}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                bar.update()
-    bar.close()
+    results = run_in_workers(_train_job, jobs, workers, cost=lambda job: AGENT_COST[job.kind] * job.steps,
+                             progress=progress)
     trained = []
     for i, job in enumerate(jobs):
         run, weights = results[i]
