@@ -117,3 +117,58 @@ def test_positives_only_collapses_and_simclr_does_not():
                                     DigitsRun("simclr", 0, steps=40, batch_size=64)], workers=1, progress=False)
     assert positives.output_std[-1] < 0.3 * simclr.output_std[-1]
     assert positives.step_loss[-1] < 0.1 * positives.step_loss[0]
+
+
+@pytest.mark.parametrize("method", ["byol", "byol_no_predictor", "byol_zero_momentum", "barlow_twins",
+                                    "barlow_twins_invariance_only"])
+def test_the_non_contrastive_runs_and_their_ablations_train_and_report_statistics(method):
+    result, = train_runs([DigitsRun(method, 0, steps=2, batch_size=32)], workers=1, progress=False)
+    assert len(result.step_loss) == 2 and math.isfinite(result.step_loss[-1])
+    assert result.monitor_step and len(result.output_std) == len(result.rank) == len(result.monitor_step)
+    assert 0 <= result.output_std[-1] <= 1 and result.rank[-1] >= 1 and 0 <= result.probe <= 100
+
+
+def test_the_ablations_remove_what_their_names_say():
+    from clcourse.lessons.challenges import _build
+
+    byol, no_predictor, zero_momentum, barlow, invariance = (
+        _build(DigitsRun(m), 10) for m in ("byol", "byol_no_predictor", "byol_zero_momentum", "barlow_twins",
+                                          "barlow_twins_invariance_only"))
+    assert byol.momentum == 0.99 and any(True for _ in byol.predictor.parameters())
+    assert not any(True for _ in no_predictor.predictor.parameters()) and no_predictor.momentum == 0.99
+    assert zero_momentum.momentum == 0.0
+    assert barlow.off_diagonal_weight == 5e-3 and invariance.off_diagonal_weight == 0.0
+    assert byol.projector.out_dim == barlow.projector.out_dim == 64
+
+
+def test_grey_shapes_match_the_digits_in_size_and_layout():
+    from clcourse.data import load_digits
+    from clcourse.lessons.challenges import grey_shapes, load_dataset
+
+    for split in ("train", "test"):
+        shapes, digits = grey_shapes(split), load_digits(8, split=split)
+        assert shapes.images.shape == digits.images.shape and shapes.images.dtype == digits.images.dtype
+        assert 0 <= shapes.images.min() and shapes.images.max() <= 1
+        assert set(shapes.labels.tolist()) == set(range(6))
+        assert torch.equal(load_dataset("shapes", split).images, shapes.images)
+    assert not torch.equal(grey_shapes("train").images[:10], grey_shapes("test").images[:10])
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_dataset("cifar10")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(data="cifar10"), "must name datasets"),
+    (dict(probe_on=("digits", "mnist")), "must name datasets"),
+    (dict(data="shapes", classes=(0, 1)), "data='digits'"),
+    (dict(data="shapes", tagged=True), "data='digits'"),
+])
+def test_a_transfer_run_names_known_datasets(settings, message):
+    with pytest.raises(ValueError, match=message):
+        DigitsRun("simclr", **settings)
+
+
+def test_a_run_on_shapes_is_probed_on_both_datasets():
+    result, = train_runs([DigitsRun("supervised", 0, steps=3, batch_size=32, data="shapes", probe_on=("digits",))],
+                         workers=1, progress=False)
+    assert set(result.transfer_probe) == {"digits"} and 0 <= result.transfer_probe["digits"] <= 100
+    assert 0 <= result.probe <= 100

@@ -4,16 +4,23 @@ Every experiment of the lesson is a :class:`DigitsRun` (a method, its options, t
 twist, a seed and a step budget); :func:`train_runs` trains a list of them in spawned worker processes, one
 thread each, and returns what each run measured (:class:`RunResult`): its loss curve, collapse statistics over
 training, the 10%-label linear probe of its frozen encoder and, when asked, the probe as Gaussian noise is added
-to the images. Results do not depend on the number of workers: each run is seeded and runs on one thread.
+to the images and the probe on another dataset (transfer: the 8x8 digits and grey 8x8 shapes). Results do
+not depend on the number of workers: each run is seeded and runs on one thread.
 
 The collapse statistics follow SimSiam [1] (section 4.1: the standard deviation of the l2-normalised output,
 0 for a constant encoder and about 1/sqrt(d) for a spread one) and the effective rank of the features
 (``clcourse.evaluate.effective_rank``: small when the features fill few directions). The variance term of
 :class:`InvarianceLoss` is VICReg's [2] (its eq. 1, gamma = 1, epsilon = 1e-4).
 
+The non-contrastive methods come with the ablations that should collapse: SimSiam without its stop-gradient [1],
+BYOL [3] without its predictor (its table 5b) and with momentum 0 (the target is the online network itself, held
+fixed by the stop-gradient), and Barlow Twins [4] with lambda 0 (the invariance term alone).
+
 [1] Chen & He, Exploring Simple Siamese Representation Learning (SimSiam), CVPR 2021.
 [2] Bardes, Ponce, LeCun, VICReg: Variance-Invariance-Covariance Regularization for Self-Supervised Learning,
     ICLR 2022.
+[3] Grill et al., BYOL, NeurIPS 2020.
+[4] Zbontar et al., Barlow Twins, ICML 2021.
 """
 
 from __future__ import annotations
@@ -25,21 +32,22 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from clcourse.augment import BatchedAugment
-from clcourse.data import ImageData, ViewLoader, load_digits
+from clcourse.data import ImageData, ViewLoader, load_digits, make_shapes
 from clcourse.encoders import ProjectionHead, SmallCNN
 from clcourse.evaluate import effective_rank, extract_features, linear_probe
 from clcourse.finetune import Classifier
 from clcourse.lessons.negatives import InBatchInfoNCE
 from clcourse.losses import alignment
-from clcourse.methods import MoCo, SimCLR, SimSiam
+from clcourse.methods import BYOL, BarlowTwins, MoCo, SimCLR, SimSiam
 from clcourse.methods.base import Method, views_and_labels
 from clcourse.train import eval_mode, fit
+from clcourse.workers import on_one_thread, run_in_workers
 
 __all__ = [
     "METHODS",
+    "DATASETS",
     "DigitsRun",
     "RunResult",
     "PositivesOnly",
@@ -48,13 +56,17 @@ __all__ = [
     "collapse_statistics",
     "step_cost",
     "brightness_tagged",
+    "grey_shapes",
+    "load_dataset",
     "train_run",
     "train_runs",
 ]
 
-METHODS = ("simclr", "moco", "simsiam", "simsiam_no_stop_gradient", "positives_only", "invariance_variance",
-           "debiased", "hard", "supervised")
+METHODS = ("simclr", "moco", "simsiam", "simsiam_no_stop_gradient", "byol", "byol_no_predictor", "byol_zero_momentum",
+           "barlow_twins", "barlow_twins_invariance_only", "positives_only", "invariance_variance", "debiased", "hard",
+           "supervised")
 PROJECTION_DIM = 64
+DATASETS = ("digits", "shapes")
 MONITORED = 512  # training images whose embeddings the collapse statistics are computed on
 
 
@@ -128,6 +140,8 @@ class DigitsRun:
             alike: a cue that both views of an image share unless the pipeline jitters brightness.
         noise: standard deviations of Gaussian pixel noise at which to probe the frozen encoder as well.
         lr: Adam's learning rate (cosine schedule, weight decay 1e-4).
+        data: what the run trains on, one of :data:`DATASETS`: the 8x8 digits or :func:`grey_shapes`.
+        probe_on: other datasets of :data:`DATASETS` on which to probe the frozen encoder as well (transfer).
     """
 
     method: str
@@ -140,10 +154,17 @@ class DigitsRun:
     tagged: bool = False
     noise: tuple[float, ...] = ()
     lr: float = 2e-3
+    data: str = "digits"
+    probe_on: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for name in (self.data, *self.probe_on):
+            if name not in DATASETS:
+                raise ValueError(f"data and probe_on must name datasets of {DATASETS}, got {name!r}")
+        if (self.classes is not None or self.tagged) and self.data != "digits":
+            raise ValueError("classes and tagged select and tag digits: use them with data='digits'")
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -165,6 +186,8 @@ class RunResult:
         probe: 10%-label linear-probe accuracy in % (mean over 5 label draws) of the frozen encoder.
         noise_probe: noise standard deviation -> probe accuracy in % (all labels) with that noise added to the
             training and test images.
+        transfer_probe: dataset of ``run.probe_on`` -> its 10%-label probe in % (5 label draws) of the frozen
+            encoder.
         seconds: wall time of the training.
     """
 
@@ -176,6 +199,7 @@ class RunResult:
     spectrum: list[float]
     probe: float
     noise_probe: dict[float, float]
+    transfer_probe: dict[str, float]
     seconds: float
 
 
@@ -221,8 +245,25 @@ def brightness_tagged(images: Tensor, seed: int, low: float = 0.2) -> Tensor:
     return images * scale
 
 
+def grey_shapes(split: str = "train") -> ImageData:
+    """``clcourse.data.make_shapes`` drawn at 8x8 and averaged to grey, as many as the digits of ``split`` (1,257
+    train, 540 test; seeds 0 and 1): images [N, 1, 8, 8] in [0, 1], labels the 6 shapes. A second dataset for the
+    digits' encoder, to measure transfer."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    shapes = make_shapes(len(load_digits(8, split=split)), 8, seed=int(split == "test"))
+    return ImageData(shapes.images.mean(dim=1, keepdim=True), shapes.labels)
+
+
+def load_dataset(name: str, split: str = "train") -> ImageData:
+    """The dataset ``name`` of :data:`DATASETS` (8x8, one channel), its ``split`` (``"train"`` or ``"test"``)."""
+    if name not in DATASETS:
+        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
+    return load_digits(8, split=split) if name == "digits" else grey_shapes(split)
+
+
 def _data(run: DigitsRun) -> tuple[ImageData, ImageData]:
-    train, test = load_digits(8, split="train"), load_digits(8, split="test")
+    train, test = load_dataset(run.data, "train"), load_dataset(run.data, "test")
     parts = []
     for split, data in (("train", train), ("test", test)):
         images, labels = data.images, data.labels
@@ -244,6 +285,14 @@ def _build(run: DigitsRun, num_classes: int) -> nn.Module:
         return MoCo(encoder, projection_dim=PROJECTION_DIM, **{"temperature": 0.2, "momentum": 0.99, **options})
     if run.method in ("simsiam", "simsiam_no_stop_gradient"):
         return SimSiam(encoder, projection_dim=PROJECTION_DIM, stop_gradient=run.method == "simsiam", **options)
+    if run.method in ("byol", "byol_no_predictor", "byol_zero_momentum"):
+        # [3]'s collapsing ablations: no predictor (its table 5b), no moving average (target = online, tau 0)
+        ablation = {"byol_no_predictor": {"prediction_layers": 0}, "byol_zero_momentum": {"momentum": 0.0}}
+        return BYOL(encoder, projection_dim=PROJECTION_DIM, **{**ablation.get(run.method, {}), **options})
+    if run.method in ("barlow_twins", "barlow_twins_invariance_only"):
+        # lambda 0 leaves the invariance term alone: nothing then keeps the dimensions apart [4]
+        weight = 0.0 if run.method == "barlow_twins_invariance_only" else 5e-3
+        return BarlowTwins(encoder, projection_dim=PROJECTION_DIM, **{"off_diagonal_weight": weight, **options})
     if run.method == "positives_only":
         return PositivesOnly(encoder, PROJECTION_DIM)
     if run.method == "invariance_variance":
@@ -262,12 +311,7 @@ def _probe(encoder: nn.Module, train: ImageData, test: ImageData, fraction: floa
 
 def train_run(run: DigitsRun) -> RunResult:
     """Train ``run`` on one CPU thread and measure it (see :class:`RunResult`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train_and_measure(run)
-    finally:
-        torch.set_num_threads(threads)
+    return on_one_thread(_train_and_measure, run)
 
 
 def _train_and_measure(run: DigitsRun) -> RunResult:
@@ -305,7 +349,10 @@ def _train_and_measure(run: DigitsRun) -> RunResult:
         noisy = [ImageData(d.images + sigma * torch.randn(d.images.shape, generator=generator), d.labels)
                  for d in (train, test)]
         noise_probe[sigma] = _probe(model.encoder, *noisy, None)
-    return RunResult(run, history.step_loss, monitor_step, output_std, rank, spectrum, probe, noise_probe, seconds)
+    transfer_probe = {name: _probe(model.encoder, load_dataset(name, "train"), load_dataset(name, "test"), 0.1)
+                      for name in run.probe_on}
+    return RunResult(run, history.step_loss, monitor_step, output_std, rank, spectrum, probe, noise_probe,
+                     transfer_probe, seconds)
 
 
 def train_runs(runs: Sequence[DigitsRun], workers: int | None = None, progress: bool = True) -> list[RunResult]:
@@ -313,31 +360,8 @@ def train_runs(runs: Sequence[DigitsRun], workers: int | None = None, progress: 
 
     ``workers``: default one per usable CPU (at most one per run); 1 trains here, one run after another.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
-    from clcourse.device import usable_cpus
-
     runs = list(runs)
     if not runs or not all(isinstance(run, DigitsRun) for run in runs):
         raise ValueError(f"runs must be a non-empty sequence of DigitsRun, got {runs!r}")
-    workers = min(len(runs), usable_cpus()) if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int (processes), got {workers!r}")
-    results: dict[int, RunResult] = {}
-    bar = tqdm(total=len(runs), desc="runs", disable=not progress, leave=False)
-    if workers == 1:
-        for i, run in enumerate(runs):
-            results[i] = train_run(run)
-            bar.update()
-    else:
-        # spawned, not forked: a forked child of a process whose torch threads are running can hang
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            # the costliest runs first, so that no worker is left with a long one at the end
-            order = sorted(range(len(runs)), key=lambda i: (-runs[i].steps * runs[i].batch_size, i))
-            futures = {pool.submit(train_run, runs[i]): i for i in order}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                bar.update()
-    bar.close()
-    return [results[i] for i in range(len(runs))]
+    return run_in_workers(_train_and_measure, runs, workers, cost=lambda run: run.steps * run.batch_size,
+                          progress=progress)

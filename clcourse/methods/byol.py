@@ -29,7 +29,8 @@ class BYOL(Method):
         hidden_dim: hidden width of the projector (default: the encoder's out_dim).
         head_layers: Linear layers of the projector (2 in [1]).
         prediction_hidden_dim: hidden width of the predictor (default: ``hidden_dim``, else the encoder's out_dim).
-        prediction_layers: Linear layers of the predictor (2 in [1]; 1 = linear, without batch norm).
+        prediction_layers: Linear layers of the predictor (2 in [1]; 1 = linear, without batch norm; 0 = no
+            predictor, the ablation that collapses in [1]'s table 5b).
         momentum: tau of the target's update xi <- tau xi + (1 - tau) theta after every step ([1] starts at
             0.996 and raises it to 1 with a cosine schedule; here it stays fixed).
         gather_distributed: accepted so that every image method is built alike; there is nothing to gather. The
