@@ -1,8 +1,9 @@
 """The quick recipes from the command line: `clcourse train METHOD --dataset digits --seconds 60`, measured.
 
     .venv/bin/python benchmarks/bench_recipes.py [--seconds 60 | --steps N] [--seeds 0 1 2] [--methods simclr ...]
+        [--threads 2]
 
-Runs the real command (a subprocess per run, the recipe's own settings, 2 threads) for every method and
+Runs the real command (a subprocess per run, the recipe's own settings, 2 threads or --threads) for every method and
 seed, and reads its metrics.json: steps trained in the budget, kNN and linear-probe accuracy with 1%, 10%
 and 100% of the labels (10 label draws). Next to them, with the same probes on the same 540 test digits:
 
@@ -47,11 +48,13 @@ def scores(metrics: dict) -> dict[str, float]:
     return {"kNN": metrics["knn"]["accuracy"], **{k: v["mean"] for k, v in metrics["linear_probe"].items()}}
 
 
-def cli_run(method: str, budget: list[str], seed: int, out: Path) -> dict:
-    """``clcourse train METHOD`` on the digits with ``budget`` (e.g. ``["--steps", "1500"]``); its metrics.json."""
+def cli_run(method: str, budget: list[str], seed: int, out: Path, threads: int = 2) -> dict:
+    """``clcourse train METHOD`` on the digits with ``budget`` (e.g. ``["--steps", "1500"]``) on ``threads``
+    threads; its metrics.json."""
     command = [sys.executable, "-m", "clcourse", "train", method, "--dataset", "digits", "--profile", "quick",
                *budget, "--seed", str(seed), "--draws", "10", "--device", "cpu", "--out", str(out)]
-    subprocess.run(command, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    subprocess.run(command, check=True, capture_output=True, text=True,
+                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -71,10 +74,12 @@ def main() -> None:
     budget.add_argument("--steps", type=int, default=None, help="train N steps instead of --seconds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=["simclr", "moco", "supcon", "swav", "nnclr", "pcl"])
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads of every run (default 2, as the rows in benchmarks/README.md)")
     args = parser.parse_args()
     budget = ["--steps", str(args.steps)] if args.steps else ["--seconds", str(args.seconds)]
     budget_text = f"{args.steps} steps" if args.steps else f"{args.seconds:g} s"
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     recipe = get_recipe("simclr", "quick", "digits").override(probe_draws=10)
     _, train, test = load_datasets(recipe)
@@ -89,13 +94,13 @@ def main() -> None:
         for method in args.methods:
             for seed in args.seeds:
                 start = time.perf_counter()
-                metrics = cli_run(method, budget, seed, Path(folder) / f"{method}-{seed}")
+                metrics = cli_run(method, budget, seed, Path(folder) / f"{method}-{seed}", args.threads)
                 runs.setdefault(method, []).append(metrics)
                 print(f"{method} seed {seed}: {metrics['steps']} steps, {json.dumps(scores(metrics))}, "
                       f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
-    print(f"Digits, quick recipes, {budget_text} on 2 threads, seeds {args.seeds}; linear probe on the 540 test "
-          "digits, 10 label draws at 1% and 10%; mean ± std over seeds.\n")
+    print(f"Digits, quick recipes, {budget_text} on {args.threads} thread(s), seeds {args.seeds}; linear probe on the "
+          "540 test digits, 10 label draws at 1% and 10%; mean ± std over seeds.\n")
     print("| features | steps | kNN (k = 20) | 1% (10 labels) | 10% (126 labels) | 100% (1,257 labels) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rows in baselines.items():

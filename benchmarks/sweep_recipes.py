@@ -9,7 +9,7 @@ then prints one JSON line: the overrides, the training time and the kNN and line
     .venv/bin/python benchmarks/sweep_recipes.py moco 1200 1 temperature=0.5 "method_options={'queue_size': 512}"
 
 Arguments: METHOD STEPS SEED and any number of Recipe fields as name=value (Python literals).
-Not part of `make bench`: each row takes about a minute.
+Not part of `make bench`: each row takes about a minute. Runs on 2 threads, or 1 with OMP_NUM_THREADS=1.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     for argument in sys.argv[4:]:
         name, _, value = argument.partition("=")
         overrides[name] = ast.literal_eval(value)
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
     recipe = get_recipe(method, "quick", "digits").override(steps=steps, seed=seed, **overrides)
     model, loader, train, test = build(recipe, "cpu")
     start = time.perf_counter()

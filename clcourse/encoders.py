@@ -13,6 +13,7 @@ methods such as NNCLR and BYOL.
 [3] Yarats et al., Improving Sample Efficiency in Model-Free Reinforcement Learning from Images (SAC-AE), AAAI 2021;
     the pixel encoder that CURL [4] reuses.
 [4] Srinivas, Laskin et al., CURL: Contrastive Unsupervised Representations for Reinforcement Learning, ICML 2020.
+[5] Chen & He, Exploring Simple Siamese Representation Learning (SimSiam), CVPR 2021.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ class ProjectionHead(nn.Module):
         out_dim: size of the space the loss sees.
         num_layers: number of Linear layers.
         batch_norm: put BatchNorm after each hidden Linear.
+        output_batch_norm: put BatchNorm without affine parameters after the last Linear too (and drop that
+            Linear's bias), as SimSiam's projector [5].
 
     Shapes: [B, in_dim] -> [B, out_dim] (``in_dim`` when ``num_layers=0``).
     """
@@ -203,6 +206,7 @@ class ProjectionHead(nn.Module):
         out_dim: int = 128,
         num_layers: int = 2,
         batch_norm: bool = True,
+        output_batch_norm: bool = False,
     ):
         super().__init__()
         if num_layers < 0:
@@ -217,7 +221,9 @@ class ProjectionHead(nn.Module):
             layers.append(nn.ReLU(inplace=True))
             prev = hidden_dim
         if num_layers >= 1:
-            layers.append(nn.Linear(prev, out_dim))
+            layers.append(nn.Linear(prev, out_dim, bias=not output_batch_norm))
+            if output_batch_norm:
+                layers.append(nn.BatchNorm1d(out_dim, affine=False))
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim if num_layers >= 1 else in_dim
 

@@ -119,6 +119,14 @@ def count_images(batch) -> int:
     return 0
 
 
+def parameter_groups(method: nn.Module) -> list[dict]:
+    """The optimiser's parameter groups of ``method``: its ``parameter_groups()`` if it defines one, else one group
+    of all its parameters. A group may carry ``fixed_lr=True``: :func:`fit` then leaves its rate alone."""
+    if hasattr(method, "parameter_groups"):
+        return method.parameter_groups()
+    return [{"params": list(method.parameters())}]
+
+
 def lr_at(progress: float, base_lr: float, schedule: str, warmup: float) -> float:
     """Learning rate at ``progress`` in [0, 1] of the budget: linear warm-up, then constant or cosine.
 
@@ -322,9 +330,11 @@ def fit(
         loader: an iterable of batches (re-iterated every epoch); if it has
             ``set_epoch(e)`` that is called first, for reproducible resumes.
         budget, or one of epochs / steps / seconds: how long to train (exactly one).
-        optimizer: default Adam(lr, weight_decay) over the method's parameters.
+        optimizer: default Adam(lr, weight_decay) over :func:`parameter_groups` of the method.
         lr, schedule, warmup: base learning rate; ``"constant"`` or ``"cosine"``
-            decay over the budget after a linear warm-up over the fraction ``warmup``.
+            decay over the budget after a linear warm-up over the fraction ``warmup``. A parameter group
+            with ``fixed_lr=True`` keeps its learning rate throughout: no warm-up, no decay (SimSiam's
+            predictor, see :meth:`clcourse.methods.SimSiam.parameter_groups`).
         device: default :func:`clcourse.device.get_device`.
         checkpoint_dir: where ``last.pt`` is written (atomically) after every
             epoch and at the end; with ``keep_epoch_checkpoints`` also
@@ -354,7 +364,7 @@ def fit(
     if channels_last or (channels_last is None and device.type == "cuda"):
         method.to(memory_format=torch.channels_last)
     if optimizer is None:
-        optimizer = torch.optim.Adam(method.parameters(), lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.Adam(parameter_groups(method), lr=lr, weight_decay=weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     amp_dtype = autocast_dtype(device) if amp else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -381,7 +391,7 @@ def fit(
             epoch_losses, epoch_images, epoch_start = [], 0, time.perf_counter()
             for batch in loader:
                 for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = lr_at(clock.fraction(), base, schedule, warmup)
+                    group["lr"] = base if group.get("fixed_lr") else lr_at(clock.fraction(), base, schedule, warmup)
                 batch = to_device(batch, device)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss = method.training_step(batch)

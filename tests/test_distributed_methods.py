@@ -65,7 +65,9 @@ def make_method(name: str, gather: bool) -> nn.Module:
                **({"num_clusters": (4, 8), "warmup_epochs": 1} if name == "pcl" else {}),
                # NNCLR's default prediction head normalises with the batch statistics of each process;
                # a linear one keeps the comparison exact, like head_layers=1 for the projection head.
-               **({"prediction_layers": 1} if name in ("nnclr", "byol", "simsiam") else {})}
+               **({"prediction_layers": 1} if name in ("nnclr", "byol", "simsiam") else {}),
+               # likewise SimSiam's batch norm on the projections (its quick recipe's)
+               **({"projection_batch_norm": False} if name == "simsiam" else {})}
     if name not in NONCONTRASTIVE_METHODS:
         options["temperature"] = recipe.temperature
     method = method_class(name)(LinearEncoder(), projection_dim=8, head_layers=1, gather_distributed=gather,

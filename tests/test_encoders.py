@@ -75,3 +75,11 @@ def test_projection_head_ends_without_activation():
 
 def test_prediction_head_keeps_dimension():
     assert PredictionHead(8, 16)(torch.rand(3, 8)).shape == (3, 8)
+
+
+def test_projection_head_output_batch_norm_ends_in_a_plain_batch_norm_after_a_linear_without_bias():
+    head = ProjectionHead(16, out_dim=8, output_batch_norm=True)
+    linear, norm = head.net[-2], head.net[-1]
+    assert linear.bias is None and isinstance(norm, torch.nn.BatchNorm1d) and not norm.affine
+    z = head(torch.randn(32, 16))
+    assert torch.allclose(z.mean(dim=0), torch.zeros(8), atol=1e-5)

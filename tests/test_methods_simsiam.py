@@ -48,3 +48,19 @@ def test_a_step_trains_the_encoder_and_bad_batches_are_named():
     assert -1.0 <= loss.item() <= 1.0 and model.encoder.fc.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="SimSiam"):
         model.training_step(([torch.rand(4, 1, 16, 16)], None))
+
+
+def test_a_fixed_predictor_lr_puts_the_predictor_in_a_group_of_its_own():
+    plain, fixed = make_model(), make_model(fixed_predictor_lr=True)
+    assert [len(g["params"]) for g in plain.parameter_groups()] == [len(list(plain.parameters()))]
+    rest, predictor = fixed.parameter_groups()
+    assert predictor["fixed_lr"] and predictor["params"] == list(fixed.predictor.parameters())
+    assert not rest.get("fixed_lr") and len(rest["params"]) + len(predictor["params"]) == len(list(fixed.parameters()))
+
+
+def test_projection_batch_norm_standardises_the_projections_in_training():
+    model = make_model(projection_batch_norm=True)
+    z = model.project(torch.rand(16, 1, 16, 16))
+    assert isinstance(model.projector.net[-1], torch.nn.BatchNorm1d) and not model.projector.net[-1].affine
+    assert torch.allclose(z.mean(dim=0), torch.zeros(8), atol=1e-5)
+    assert torch.allclose(z.var(dim=0, unbiased=False), torch.ones(8), atol=1e-3)

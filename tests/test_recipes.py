@@ -117,7 +117,12 @@ def test_the_noncontrastive_recipes_build_their_methods_without_a_temperature():
         assert "about" in full.expected and "LightlySSL" in full.expected and "LIGHTLY" in full.sources
     byol, simsiam, barlow = (build_method(get_recipe(n, "quick", "digits")) for n in NONCONTRASTIVE_METHODS)
     assert byol.momentum == 0.99 and byol.predictor.out_dim == byol.projector.out_dim == 128
-    assert simsiam.stop_gradient and simsiam.predictor.net[0].out_features == 32  # the bottleneck: 128 / 4
+    assert simsiam.stop_gradient and simsiam.predictor.net[0].out_features == 64  # the bottleneck: 128 / 2
+    assert isinstance(simsiam.projector.net[-1], nn.BatchNorm1d)  # SimSiam's projector ends in batch norm
+    rest, predictor = build_optimizer(get_recipe("simsiam", "quick", "digits"), simsiam).param_groups
+    assert predictor["fixed_lr"] and predictor["params"] == list(simsiam.predictor.parameters())
+    assert not rest.get("fixed_lr")
+    assert len(rest["params"]) + len(predictor["params"]) == len(list(simsiam.parameters()))
     assert barlow.projector.out_dim == 256 and len([m for m in barlow.projector.net if isinstance(m, nn.Linear)]) == 3
     assert "about 0.868 after 200 epochs and about 0.910 after 800" in get_recipe("byol", "full", "cifar10").expected
     assert get_recipe("simsiam", "full", "cifar10").method_options == dict(predictor_hidden_dim=64)

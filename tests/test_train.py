@@ -14,6 +14,7 @@ from clcourse.train import (
     fit,
     load_checkpoint,
     lr_at,
+    parameter_groups,
     save_checkpoint,
     to_device,
 )
@@ -143,6 +144,33 @@ def test_cosine_schedule_with_warmup():
     assert lr_at(0.1, 1.0, "cosine", 0.1) == pytest.approx(1.0)
     assert lr_at(1.0, 1.0, "cosine", 0.1) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(0.7, 2.0, "constant", 0.0) == 2.0
+
+
+class TwoGroups(Regression):
+    """Regression whose last layer is a parameter group of its own with a fixed learning rate."""
+
+    def parameter_groups(self):
+        last = set(self.net[2].parameters())
+        return [{"params": [p for p in self.parameters() if p not in last]},
+                {"params": list(last), "fixed_lr": True}]
+
+
+def test_a_fixed_lr_group_keeps_its_rate_while_the_others_warm_up_and_decay():
+    model, rates = TwoGroups(), []
+    optimizer = torch.optim.SGD(parameter_groups(model), lr=0.1)
+    record = optimizer.step
+
+    def step(*args, **kwargs):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        return record(*args, **kwargs)
+
+    optimizer.step = step
+    fit(model, SeededLoader(), steps=8, optimizer=optimizer, schedule="cosine", warmup=0.25, device="cpu",
+        progress=False)
+    scheduled, fixed = zip(*rates)
+    assert set(fixed) == {0.1} and scheduled[0] < scheduled[2] and scheduled[-1] < scheduled[2] < 0.1 + 1e-12
+    plain = Regression()
+    assert len(parameter_groups(plain)) == 1 and parameter_groups(plain)[0]["params"] == list(plain.parameters())
 
 
 def test_history_round_trip():

@@ -28,6 +28,10 @@ class SimSiam(Method):
         predictor_hidden_dim: the predictor's bottleneck (a quarter of ``projection_dim`` in [1]; default so).
         prediction_layers: Linear layers of the predictor (2 in [1]; 1 = linear, without batch norm).
         stop_gradient: hold the projections fixed in the loss (False: the collapsing ablation of [1]).
+        projection_batch_norm: batch norm (without affine parameters) on the projector's output too, as [1]'s
+            projector ends.
+        fixed_predictor_lr: give the predictor a learning rate of its own that neither warms up nor decays
+            (:meth:`parameter_groups`; [1]'s table 1: "pred. w/ fixed lr" trains better than a decayed one).
         gather_distributed: accepted so that every image method is built alike; there is nothing to gather. The
             loss is a mean of per-image terms, so data-parallel training equals one process on the global batch
             with or without it (tests/test_distributed_methods.py), up to batch norm's per-process statistics.
@@ -37,13 +41,25 @@ class SimSiam(Method):
 
     def __init__(self, encoder: nn.Module, projection_dim: int = 128, hidden_dim: int | None = None,
                  head_layers: int = 2, predictor_hidden_dim: int | None = None, prediction_layers: int = 2,
-                 stop_gradient: bool = True, gather_distributed: bool = False):
-        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers)
+                 stop_gradient: bool = True, projection_batch_norm: bool = False, fixed_predictor_lr: bool = False,
+                 gather_distributed: bool = False):
+        head = ProjectionHead(encoder.out_dim, hidden_dim=hidden_dim, out_dim=projection_dim, num_layers=head_layers,
+                              output_batch_norm=projection_batch_norm)
         super().__init__(encoder, head, gather_distributed=gather_distributed)
         dim = self.projector.out_dim
         self.predictor = ProjectionHead(dim, hidden_dim=predictor_hidden_dim or max(1, dim // 4), out_dim=dim,
                                         num_layers=prediction_layers)
         self.stop_gradient = stop_gradient
+        self.fixed_predictor_lr = fixed_predictor_lr
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: all parameters in one; with ``fixed_predictor_lr`` the encoder and
+        projector, then the predictor with ``fixed_lr=True`` (:func:`clcourse.train.fit` keeps its base rate)."""
+        if not self.fixed_predictor_lr:
+            return [{"params": list(self.parameters())}]
+        predictor = set(self.predictor.parameters())
+        return [{"params": [p for p in self.parameters() if p not in predictor]},
+                {"params": list(self.predictor.parameters()), "fixed_lr": True}]
 
     def training_step(self, batch) -> torch.Tensor:
         """The loss of one batch ``(views, labels)``, views = [x1, x2] each [B, C, H, W]."""
