@@ -18,17 +18,11 @@ Prints markdown tables: mean ± std over the seeds, per seed in brackets.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
+from spread import mean_std_seeds
+
 from clcourse.lessons.challenges import DigitsRun, train_runs
-
-
-def _spread(values: list[float]) -> str:
-    per_seed = " / ".join(f"{v:.1f}" for v in values)
-    if len(values) < 2:
-        return f"{values[0]:.1f}%"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}% ({per_seed})"
 
 
 def main() -> None:
@@ -62,14 +56,14 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     for name, _, batch_size in batch_settings:
         probes = [results[name, batch_size, seed].probe for seed in args.seeds]
-        print(f"| {name} | {batch_size} | {args.images // batch_size:,} | {_spread(probes)} |")
+        print(f"| {name} | {batch_size} | {args.images // batch_size:,} | {mean_std_seeds(probes)} |")
 
     print("\nFew classes, batch 64, 200 steps, 10% probe:\n")
     print("| digits | loss | 10% probe |")
     print("| --- | --- | ---: |")
     for classes, name, _, _ in few_settings:
         probes = [results[classes, name, seed].probe for seed in args.seeds]
-        print(f"| {', '.join(map(str, classes))} | {name} | {_spread(probes)} |")
+        print(f"| {', '.join(map(str, classes))} | {name} | {mean_std_seeds(probes)} |")
 
 
 if __name__ == "__main__":

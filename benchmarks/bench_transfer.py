@@ -16,23 +16,16 @@ an untrained encoder (one per seed). Prints a markdown table: mean ± std over t
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
+from spread import mean_std_seeds
 
 from clcourse.encoders import SmallCNN
 from clcourse.evaluate import extract_features, linear_probe
 from clcourse.lessons.challenges import DATASETS, DigitsRun, load_dataset, train_runs
 
 JITTER = {"jitter_p": 0.8, "jitter": (0.4, 0.4, 0.0, 0.0)}
-
-
-def _spread(values: list[float]) -> str:
-    per_seed = " / ".join(f"{v:.1f}" for v in values)
-    if len(values) < 2:
-        return f"{values[0]:.1f}%"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}% ({per_seed})"
 
 
 def _probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -79,7 +72,7 @@ def main() -> None:
     print("| encoder | probe on digits | probe on shapes |")
     print("| --- | ---: | ---: |")
     for label, row in rows.items():
-        print(f"| {label} | {_spread(row['digits'])} | {_spread(row['shapes'])} |")
+        print(f"| {label} | {mean_std_seeds(row['digits'])} | {mean_std_seeds(row['shapes'])} |")
 
 
 if __name__ == "__main__":
